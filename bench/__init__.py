@@ -1,0 +1,1 @@
+"""foveal.bench: benchmark workloads and the profiling harness (timings only on a GPU)."""

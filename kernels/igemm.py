@@ -1,0 +1,264 @@
+"""The implicit-GEMM kernel behind conv1d/2d/3d, conv_transpose1d/2d/3d and the input gradient.
+
+One kernel serves both directions. A program computes a [BLOCK_M, BLOCK_N] tile of the output:
+rows are output positions (n, d, h, w), columns are output channels of one group, and the
+reduction runs over (kernel tap, input channel) without materialising an im2col buffer.
+
+Every output position is `j * OUT_MUL + phase` and reads input position `j * IN_MUL + offset`,
+where the offset comes from a per-phase table of kernel taps:
+- convolution: one phase, IN_MUL = stride, OUT_MUL = 1, every tap with offset k*dilation - pad;
+- transposed convolution (and so a convolution's input gradient): one phase per residue of the
+  output position modulo the stride, IN_MUL = 1, OUT_MUL = stride, and only the taps that land
+  on a real input position, with offset (phase + pad - k*dilation) / stride. Each phase is a
+  dense implicit GEMM: no work on the zeros of the dilated input, no atomics. The table is built
+  on the host with Python's exact integer arithmetic, so Triton's truncating `//` never meets a
+  negative operand.
+
+Two reduction orders: TAP_MAJOR walks taps outermost and BLOCK_K input channels at a time (one
+address computation per tap, contiguous channel loads for channels_last); otherwise the
+reduction index is flattened over (tap, channel) so a stem with 3 input channels or a grouped
+conv with 4 channels per group does not waste most of each BLOCK_K.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .autotune import autotuned, prune_tiles
+from .backend import INTERPRETED
+from .epilogue import Epilogue
+from .tensors import needs_int64
+from .tl_helpers import epilogue_store, mma
+
+_KEY = ["BATCH", "C_G", "COUT_G", "IN_D", "IN_H", "IN_W", "OUT_D", "OUT_H", "OUT_W",
+        "IN_MUL_D", "IN_MUL_H", "IN_MUL_W", "N_PHASES", "MAX_TAPS", "sx_c", "sy_c",
+        "TAP_MAJOR", "ACTIVATION", "HAS_RESIDUAL"]
+
+
+def _prune(configs, args):
+    rows = args["BATCH"] * args["J_D"] * args["J_H"] * args["J_W"]
+    reduction = args["C_G"] if args["TAP_MAJOR"] else args["C_G"] * args["MAX_TAPS"]
+    return prune_tiles(configs, rows, args["COUT_G"], reduction, args["x_ptr"].element_size())
+
+
+@autotuned(key=_KEY, prune=_prune)
+@triton.jit
+def igemm_kernel(
+    x_ptr, w_ptr, bias_ptr, res_ptr, y_ptr, z_ptr, taps_ptr, tap_count_ptr, phase_ptr,
+    BATCH, C_G, COUT_G,
+    IN_D, IN_H, IN_W, OUT_D, OUT_H, OUT_W, J_D, J_H, J_W,
+    IN_MUL_D, IN_MUL_H, IN_MUL_W, OUT_MUL_D, OUT_MUL_H, OUT_MUL_W,
+    N_PHASES, MAX_TAPS,
+    sx_n, sx_c, sx_d, sx_h, sx_w,
+    sw_out, sw_in, sw_group,
+    sy_n, sy_c, sy_d, sy_h, sy_w,
+    sr_n, sr_c, sr_d, sr_h, sr_w,
+    alpha,
+    ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    STORE_PREACT: tl.constexpr, TAP_MAJOR: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, INT64: tl.constexpr, IS_FP64: tl.constexpr, GROUP_M: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    group = tl.program_id(1) // N_PHASES
+    phase = tl.program_id(1) % N_PHASES
+
+    # Grouped ordering of the (M, N) tiles so neighbouring programs share input rows in L2.
+    rows = BATCH * J_D * J_H * J_W
+    num_pid_m = tl.cdiv(rows, BLOCK_M)
+    num_pid_n = tl.cdiv(COUT_G, BLOCK_N)
+    width = GROUP_M * num_pid_n
+    first_m = (pid // width) * GROUP_M
+    group_rows = tl.minimum(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % group_rows
+    pid_n = (pid % width) // group_rows
+
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    if INT64:  # every offset below then widens to int64
+        rm = rm.to(tl.int64)
+        rn = rn.to(tl.int64)
+        rk = rk.to(tl.int64)
+        group = group.to(tl.int64)
+    jw = rm % J_W
+    t = rm // J_W
+    jh = t % J_H
+    t = t // J_H
+    jd = t % J_D
+    n = t // J_D
+
+    od = jd * OUT_MUL_D + tl.load(phase_ptr + phase * 3)
+    oh = jh * OUT_MUL_H + tl.load(phase_ptr + phase * 3 + 1)
+    ow = jw * OUT_MUL_W + tl.load(phase_ptr + phase * 3 + 2)
+    row_ok = (rm < rows) & (od < OUT_D) & (oh < OUT_H) & (ow < OUT_W)
+    base_d = jd * IN_MUL_D
+    base_h = jh * IN_MUL_H
+    base_w = jw * IN_MUL_W
+    x_row = n * sx_n + group * C_G * sx_c
+    n_ok = rn < COUT_G
+    w_base = w_ptr + group * sw_group
+    w_cols = rn * sw_out
+    n_taps = tl.load(tap_count_ptr + phase)
+    tap_table = taps_ptr + phase * MAX_TAPS * 4
+
+    if IS_FP64:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+
+    if TAP_MAJOR:
+        c_blocks = tl.cdiv(C_G, BLOCK_K)
+        for it in range(0, n_taps * c_blocks):
+            tap = it // c_blocks
+            c = (it - tap * c_blocks) * BLOCK_K + rk
+            c_ok = c < C_G
+            entry = tap_table + tap * 4
+            i_d = base_d + tl.load(entry)
+            i_h = base_h + tl.load(entry + 1)
+            i_w = base_w + tl.load(entry + 2)
+            ok = (row_ok & (i_d >= 0) & (i_d < IN_D) & (i_h >= 0) & (i_h < IN_H)
+                  & (i_w >= 0) & (i_w < IN_W))
+            x_off = x_row + i_d * sx_d + i_h * sx_h + i_w * sx_w
+            a = tl.load(x_ptr + x_off[:, None] + (c * sx_c)[None, :],
+                        mask=ok[:, None] & c_ok[None, :], other=0.0)
+            b = tl.load(w_base + tl.load(entry + 3) + (c * sw_in)[:, None] + w_cols[None, :],
+                        mask=c_ok[:, None] & n_ok[None, :], other=0.0)
+            acc = mma(acc, a, b, INPUT_PRECISION, UPCAST)
+    else:
+        k_total = n_taps * C_G
+        for k0 in range(0, k_total, BLOCK_K):
+            k = k0 + rk
+            k_ok = k < k_total
+            tap = k // C_G
+            c = k - tap * C_G
+            entry = tap_table + tap * 4
+            i_d = base_d[:, None] + tl.load(entry, mask=k_ok, other=0)[None, :]
+            i_h = base_h[:, None] + tl.load(entry + 1, mask=k_ok, other=0)[None, :]
+            i_w = base_w[:, None] + tl.load(entry + 2, mask=k_ok, other=0)[None, :]
+            w_tap = tl.load(entry + 3, mask=k_ok, other=0)
+            ok = (row_ok[:, None] & k_ok[None, :] & (i_d >= 0) & (i_d < IN_D) & (i_h >= 0)
+                  & (i_h < IN_H) & (i_w >= 0) & (i_w < IN_W))
+            x_off = x_row[:, None] + i_d * sx_d + i_h * sx_h + i_w * sx_w + (c * sx_c)[None, :]
+            a = tl.load(x_ptr + x_off, mask=ok, other=0.0)
+            b = tl.load(w_base + (w_tap + c * sw_in)[:, None] + w_cols[None, :],
+                        mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+            acc = mma(acc, a, b, INPUT_PRECISION, UPCAST)
+
+    channels = group * COUT_G + rn
+    mask = row_ok[:, None] & n_ok[None, :]
+    y_offsets = ((n * sy_n + od * sy_d + oh * sy_h + ow * sy_w)[:, None]
+                 + (channels * sy_c)[None, :])
+    res_offsets = ((n * sr_n + od * sr_d + oh * sr_h + ow * sr_w)[:, None]
+                   + (channels * sr_c)[None, :])
+    epilogue_store(acc, y_ptr, y_offsets, mask, bias_ptr, channels, n_ok, res_ptr, res_offsets,
+                   z_ptr, alpha, ACTIVATION, HAS_BIAS, HAS_RESIDUAL, STORE_PREACT)
+
+
+Triple = tuple[int, int, int]
+
+
+@functools.lru_cache(maxsize=1024)
+def tap_plan(transposed: bool, kernel: Triple, stride: Triple, padding: Triple,
+             dilation: Triple, weight_tap_strides: Triple, device: torch.device):
+    """Per-phase tap tables (input offset d, h, w; weight offset) for `igemm_kernel`.
+
+    Returns (taps, counts, residues, max_taps) as device tensors, cached per geometry.
+    """
+    if transposed:
+        phases = list(itertools.product(*(range(s) for s in stride)))
+    else:
+        phases = [(0, 0, 0)]
+    per_phase = []
+    for residue in phases:
+        axes = []
+        for r, k_size, s, p, d in zip(residue, kernel, stride, padding, dilation, strict=True):
+            if transposed:
+                axes.append([(k, (r + p - k * d) // s) for k in range(k_size)
+                             if (r + p - k * d) % s == 0])
+            else:
+                axes.append([(k, k * d - p) for k in range(k_size)])
+        per_phase.append([
+            (od, oh, ow, kd * weight_tap_strides[0] + kh * weight_tap_strides[1]
+             + kw * weight_tap_strides[2])
+            for (kd, od), (kh, oh), (kw, ow) in itertools.product(*axes)])
+    max_taps = max(1, max(len(p) for p in per_phase))
+    table = [[0, 0, 0, 0]] * (len(phases) * max_taps)
+    for i, entries in enumerate(per_phase):
+        table[i * max_taps:i * max_taps + len(entries)] = [list(e) for e in entries]
+    as_tensor = functools.partial(torch.tensor, dtype=torch.int32, device=device)
+    return (as_tensor(table).flatten(), as_tensor([len(p) for p in per_phase]),
+            as_tensor(phases).flatten(), max_taps)
+
+
+def input_precision(dtype: torch.dtype) -> str:
+    """TF32 for fp32 exactly when PyTorch's cuDNN convolutions would use it."""
+    if dtype != torch.float32:
+        return "ieee"
+    return "tf32" if fp32_convolutions_use_tf32() else "ieee"
+
+
+def fp32_convolutions_use_tf32() -> bool:
+    cudnn = torch.backends.cudnn
+    conv = getattr(cudnn, "conv", None)
+    precision = getattr(conv, "fp32_precision", None)
+    if precision in ("tf32", "ieee"):
+        return precision == "tf32"
+    for owner in (cudnn, torch.backends):  # newer PyTorch: "none" defers to the parent setting
+        parent = getattr(owner, "fp32_precision", "none")
+        if parent in ("tf32", "ieee"):
+            return parent == "tf32"
+    return bool(cudnn.allow_tf32)
+
+
+def _tap_major(channels_per_group: int) -> bool:
+    return channels_per_group % 16 == 0 or channels_per_group >= 64
+
+
+def launch_igemm(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, *, groups: int,
+                 stride: Triple, padding: Triple, dilation: Triple, transposed: bool,
+                 bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,
+                 preact: torch.Tensor | None = None, epilogue: Epilogue = Epilogue()) -> None:
+    """Run `igemm_kernel` on 5-D views: out = epilogue(conv(x, weight)) (or transposed conv).
+
+    Weight layout: (C_out, C_in/groups, k...) for a convolution, (C_in, C_out/groups, k...) for
+    a transposed one, as in PyTorch. `out` (and `preact`, `residual`) are (N, C_out, D, H, W).
+    """
+    batch, in_channels = x.shape[:2]
+    out_channels = out.shape[1]
+    c_g, cout_g = in_channels // groups, out_channels // groups
+    taps, counts, residues, max_taps = tap_plan(
+        transposed, tuple(weight.shape[2:]), stride, padding, dilation,
+        tuple(weight.stride()[2:]), x.device)
+    out_size = tuple(out.shape[2:])
+    if transposed:
+        extents = tuple(math.ceil(o / s) for o, s in zip(out_size, stride, strict=True))
+        in_mul, out_mul = (1, 1, 1), stride
+    else:
+        extents, in_mul, out_mul = out_size, stride, (1, 1, 1)
+    out_dim = 1 if transposed else 0  # which weight dim indexes output channels
+    n_phases = residues.numel() // 3
+    rows = batch * math.prod(extents)
+    res = residual if residual is not None else out
+    grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]) * triton.cdiv(cout_g, meta["BLOCK_N"]),
+                         groups * n_phases)
+    igemm_kernel[grid](
+        x, weight, bias if bias is not None else out, res, out,
+        preact if preact is not None else out, taps, counts, residues,
+        batch, c_g, cout_g, *x.shape[2:], *out_size, *extents, *in_mul, *out_mul,
+        n_phases, max_taps, *x.stride(), weight.stride(out_dim), weight.stride(1 - out_dim),
+        (weight.shape[0] // groups) * weight.stride(0), *out.stride(),
+        *(res.stride() if residual is not None else (0,) * 5), epilogue.alpha,
+        ACTIVATION=int(epilogue.activation), HAS_BIAS=bias is not None,
+        HAS_RESIDUAL=residual is not None, STORE_PREACT=preact is not None,
+        TAP_MAJOR=_tap_major(c_g), INPUT_PRECISION=input_precision(x.dtype),
+        UPCAST=INTERPRETED and x.dtype != torch.float64,
+        INT64=needs_int64(x, out, residual, preact), IS_FP64=x.dtype == torch.float64,
+        GROUP_M=8,
+    )

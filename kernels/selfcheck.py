@@ -1,0 +1,111 @@
+"""Run every kernel once on small random inputs against PyTorch and report the error.
+
+`foveal selfcheck` prints the table; the service runs it at start-up on a GPU host. Each check
+returns the max error relative to the reference's magnitude, computed in float64.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .backend import backend_for
+
+# dtype -> tolerance on max|out - ref| / max|ref| for the small problems below
+TOLERANCE = {torch.float32: 2e-3, torch.float16: 1e-2, torch.bfloat16: 5e-2, torch.float64: 1e-9}
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    op: str
+    backend: str
+    dtype: str
+    max_error: float
+    tolerance: float
+    seconds: float
+
+    @property
+    def passed(self) -> bool:
+        return self.max_error <= self.tolerance  # NaN fails
+
+
+def _relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    scale = ref.abs().max().clamp_min(1e-12)
+    return float(((out.double() - ref).abs().max() / scale).item())
+
+
+def _conv_check(spatial: int, **kwargs) -> Callable[[torch.device, torch.dtype], float]:
+    from . import conv
+
+    def check(device: torch.device, dtype: torch.dtype) -> float:
+        groups = kwargs.get("groups", 1)
+        x = torch.randn(2, 4 * groups, *([7] * spatial), device=device, dtype=dtype)
+        w = torch.randn(6, 4, *([3] * spatial), device=device, dtype=dtype)
+        b = torch.randn(6, device=device, dtype=dtype)
+        if kwargs.get("channels_last") and spatial == 2:
+            x = x.to(memory_format=torch.channels_last)
+        extra = {k: v for k, v in kwargs.items() if k != "channels_last"}
+        out = getattr(conv, f"conv{spatial}d")(x, w, b, activation="relu", **extra)
+        ref = getattr(F, f"conv{spatial}d")(x.double(), w.double(), b.double(), **extra)
+        return _relative_error(out, F.relu(ref))
+
+    return check
+
+
+def _conv2d_backward_check(device: torch.device, dtype: torch.dtype) -> float:
+    from .conv import conv2d
+
+    x = torch.randn(2, 5, 8, 9, device=device, dtype=dtype, requires_grad=True)
+    w = torch.randn(6, 5, 3, 3, device=device, dtype=dtype, requires_grad=True)
+    gy = torch.randn(2, 6, 4, 5, device=device, dtype=dtype)
+    dx, dw = torch.autograd.grad(conv2d(x, w, stride=2, padding=1), (x, w), gy)
+    x64, w64 = (t.detach().double().requires_grad_() for t in (x, w))
+    rx, rw = torch.autograd.grad(F.conv2d(x64, w64, stride=2, padding=1), (x64, w64), gy.double())
+    return max(_relative_error(dx, rx), _relative_error(dw, rw))
+
+
+CHECKS: dict[str, Callable[[torch.device, torch.dtype], float]] = {
+    "conv1d": _conv_check(1, stride=2, padding=1),
+    "conv2d": _conv_check(2, padding=1, dilation=(1, 2)),
+    "conv2d channels_last": _conv_check(2, padding=1, channels_last=True),
+    "conv2d grouped": _conv_check(2, groups=3, stride=(2, 1)),
+    "conv3d": _conv_check(3, padding=(1, 0, 1)),
+    "conv2d backward": _conv2d_backward_check,
+}
+
+
+def run_selfcheck(device: torch.device | str | None = None,
+                  dtypes: tuple[torch.dtype, ...] | None = None) -> list[CheckResult]:
+    """Run every registered check on `device` (default: CUDA if present, else CPU)."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtypes = dtypes or ((torch.float16, torch.bfloat16, torch.float32) if device.type == "cuda"
+                        else (torch.float32,))
+    backend = backend_for(device)
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    results = []
+    try:
+        for name, check in CHECKS.items():
+            for dtype in dtypes:
+                start = time.perf_counter()
+                error = check(device, dtype)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                results.append(CheckResult(name, backend, str(dtype).removeprefix("torch."),
+                                           error, TOLERANCE[dtype], time.perf_counter() - start))
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return results
+
+
+def format_table(results: list[CheckResult]) -> str:
+    header = f"{'op':<24} {'backend':<12} {'dtype':<9} {'max error':>10}  {'tolerance':>9}  result"
+    lines = [header, "-" * len(header)]
+    for r in results:
+        lines.append(f"{r.op:<24} {r.backend:<12} {r.dtype:<9} {r.max_error:>10.2e}  "
+                     f"{r.tolerance:>9.0e}  {'pass' if r.passed else 'FAIL'}")
+    return "\n".join(lines)

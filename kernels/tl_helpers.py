@@ -1,0 +1,98 @@
+"""Triton device functions shared by every kernel: the epilogue, activations and the MMA step."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .epilogue import Activation
+
+_RELU = tl.constexpr(Activation.RELU.value)
+_RELU6 = tl.constexpr(Activation.RELU6.value)
+_SILU = tl.constexpr(Activation.SILU.value)
+_GELU = tl.constexpr(Activation.GELU.value)
+_LEAKY_RELU = tl.constexpr(Activation.LEAKY_RELU.value)
+_SIGMOID = tl.constexpr(Activation.SIGMOID.value)
+_HARDSWISH = tl.constexpr(Activation.HARDSWISH.value)
+_INV_SQRT2 = tl.constexpr(0.7071067811865476)
+_INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
+
+
+@triton.jit
+def activate(z, ACTIVATION: tl.constexpr, alpha):
+    """The activation applied to an accumulator tile (fp32 or fp64)."""
+    if ACTIVATION == _RELU:
+        z = tl.where(z > 0, z, 0.0)
+    elif ACTIVATION == _RELU6:
+        z = tl.minimum(tl.maximum(z, 0.0), 6.0)
+    elif ACTIVATION == _SILU:
+        z = z / (1.0 + tl.exp(-z))
+    elif ACTIVATION == _GELU:
+        z = 0.5 * z * (1.0 + tl.erf(z * _INV_SQRT2))
+    elif ACTIVATION == _LEAKY_RELU:
+        z = tl.where(z > 0, z, z * alpha)
+    elif ACTIVATION == _SIGMOID:
+        z = 1.0 / (1.0 + tl.exp(-z))
+    elif ACTIVATION == _HARDSWISH:
+        z = z * tl.minimum(tl.maximum(z + 3.0, 0.0), 6.0) / 6.0
+    return z
+
+
+@triton.jit
+def activation_grad(g, v, ACTIVATION: tl.constexpr, alpha):
+    """d(activation)/dz times the incoming gradient `g`.
+
+    `v` is the activation's output for relu, relu6, sigmoid and leaky_relu with a slope >= 0,
+    and its input (pre-activation) otherwise: see Epilogue.grad_needs_preactivation.
+    Boundary cases follow PyTorch's backward formulas.
+    """
+    if ACTIVATION == _RELU:
+        g = tl.where(v > 0, g, 0.0)
+    elif ACTIVATION == _RELU6:
+        g = tl.where((v > 0) & (v < 6.0), g, 0.0)
+    elif ACTIVATION == _SILU:
+        s = 1.0 / (1.0 + tl.exp(-v))
+        g = g * s * (1.0 + v * (1.0 - s))
+    elif ACTIVATION == _GELU:
+        cdf = 0.5 * (1.0 + tl.erf(v * _INV_SQRT2))
+        g = g * (cdf + v * _INV_SQRT_2PI * tl.exp(-0.5 * v * v))
+    elif ACTIVATION == _LEAKY_RELU:
+        g = tl.where(v > 0, g, g * alpha)
+    elif ACTIVATION == _SIGMOID:
+        g = g * v * (1.0 - v)
+    elif ACTIVATION == _HARDSWISH:
+        g = tl.where(v < -3.0, 0.0, tl.where(v <= 3.0, g * (v / 3.0 + 0.5), g))
+    return g
+
+
+@triton.jit
+def mma(acc, a, b, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """acc += a @ b with the accumulator's precision.
+
+    UPCAST converts the operands to the accumulator's dtype first: Triton's interpreter
+    multiplies bf16 tiles wrongly, and the conversion is exact, so results match the GPU's.
+    """
+    if UPCAST:
+        a = a.to(acc.dtype)
+        b = b.to(acc.dtype)
+    return tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=acc.dtype)
+
+
+@triton.jit
+def epilogue_store(acc, y_ptr, y_offsets, mask, bias_ptr, channels, channel_mask, res_ptr,
+                   res_offsets, z_ptr, alpha, ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr,
+                   HAS_RESIDUAL: tl.constexpr, STORE_PREACT: tl.constexpr):
+    """Add bias (per column) and residual, store the pre-activation if asked, activate, store.
+
+    `acc` is a [rows, channels] tile; `y_offsets`/`res_offsets` address it in the output and
+    the residual, which may have different strides.
+    """
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + channels, mask=channel_mask, other=0.0)
+        acc = acc + bias.to(acc.dtype)[None, :]
+    if HAS_RESIDUAL:
+        acc = acc + tl.load(res_ptr + res_offsets, mask=mask, other=0.0).to(acc.dtype)
+    if STORE_PREACT:
+        tl.store(z_ptr + y_offsets, acc.to(z_ptr.dtype.element_ty), mask=mask)
+    out = activate(acc, ACTIVATION, alpha)
+    tl.store(y_ptr + y_offsets, out.to(y_ptr.dtype.element_ty), mask=mask)
