@@ -5,6 +5,7 @@ forward op takes a fused epilogue: `bias`, `activation` and `residual` (added be
 activation).
 """
 
+from . import nn
 from .backend import (
     BackendUnavailable,
     backend_for,
@@ -12,9 +13,11 @@ from .backend import (
     set_backend,
     use_backend,
 )
+from .batchnorm import fold_batchnorm
 from .conv import conv1d, conv2d, conv3d
 from .epilogue import ACTIVATION_NAMES
 from .geometry import ConvGeometry, conv_output_length, output_shape, transposed_output_length
+from .nn import patch
 
 __all__ = [
     "ACTIVATION_NAMES",
@@ -25,8 +28,11 @@ __all__ = [
     "conv2d",
     "conv3d",
     "conv_output_length",
+    "fold_batchnorm",
     "get_backend_preference",
+    "nn",
     "output_shape",
+    "patch",
     "set_backend",
     "transposed_output_length",
     "use_backend",

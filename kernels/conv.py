@@ -14,7 +14,7 @@ from torch.autograd.function import once_differentiable
 from .backend import backend_for
 from .checks import check_bias, check_residual, check_same_device_dtype, check_tensor
 from .elementwise import activation_backward, channel_sum
-from .epilogue import ActivationArg, Activation, Epilogue, apply_epilogue, parse_activation
+from .epilogue import Activation, ActivationArg, Epilogue, apply_epilogue, parse_activation
 from .geometry import ConvGeometry, PaddingArg, conv_geometry
 from .igemm import launch_igemm
 from .tensors import as_5d, empty_like_layout, pad_front

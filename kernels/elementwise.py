@@ -30,7 +30,8 @@ def _activation_backward_kernel(g_ptr, v_ptr, out_ptr, numel, alpha, ACTIVATION:
     tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def activation_backward(grad: torch.Tensor, saved: torch.Tensor, epilogue: Epilogue) -> torch.Tensor:
+def activation_backward(grad: torch.Tensor, saved: torch.Tensor,
+                        epilogue: Epilogue) -> torch.Tensor:
     """dL/dz from dL/dy, where `saved` is y or z as `epilogue.grad_needs_preactivation` says.
 
     The result has `saved`'s memory format (the forward output's), dense.

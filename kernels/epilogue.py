@@ -58,6 +58,9 @@ class Epilogue:
         return self.activation in (Activation.SILU, Activation.GELU, Activation.HARDSWISH)
 
 
+NO_EPILOGUE = Epilogue()
+
+
 def parse_activation(activation: ActivationArg) -> Epilogue:
     """Accept None, a name such as "relu", or ("leaky_relu", slope)."""
     if activation is None:

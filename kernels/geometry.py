@@ -14,7 +14,8 @@ from dataclasses import dataclass
 PaddingArg = int | Sequence[int] | str
 
 
-def expand(value: int | Sequence[int], n: int, name: str, *, minimum: int | None = None) -> tuple[int, ...]:
+def expand(value: int | Sequence[int], n: int, name: str, *,
+           minimum: int | None = None) -> tuple[int, ...]:
     """Turn an int or a length-`n` sequence into an n-tuple, naming `name` on bad input."""
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an int or a sequence of {n} ints, got a bool")
@@ -24,10 +25,11 @@ def expand(value: int | Sequence[int], n: int, name: str, *, minimum: int | None
         items = tuple(value)
         if len(items) == 1 and n > 1:
             items = items * n
-        if len(items) != n or not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+        if len(items) != n or not all(type(v) is int for v in items):
             raise ValueError(f"{name} must be an int or a sequence of {n} ints, got {value!r}")
     else:
-        raise TypeError(f"{name} must be an int or a sequence of {n} ints, got {type(value).__name__}")
+        raise TypeError(f"{name} must be an int or a sequence of {n} ints, "
+                        f"got {type(value).__name__}")
     if minimum is not None and any(v < minimum for v in items):
         rule = "positive" if minimum == 1 else f">= {minimum}"
         raise ValueError(f"{name} must be {rule}, got {value!r}")

@@ -32,7 +32,7 @@ import triton.language as tl
 
 from .autotune import autotuned, prune_tiles
 from .backend import INTERPRETED
-from .epilogue import Epilogue
+from .epilogue import NO_EPILOGUE, Epilogue
 from .tensors import needs_int64
 from .tl_helpers import epilogue_store, mma
 
@@ -224,7 +224,7 @@ def _tap_major(channels_per_group: int) -> bool:
 def launch_igemm(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, *, groups: int,
                  stride: Triple, padding: Triple, dilation: Triple, transposed: bool,
                  bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,
-                 preact: torch.Tensor | None = None, epilogue: Epilogue = Epilogue()) -> None:
+                 preact: torch.Tensor | None = None, epilogue: Epilogue = NO_EPILOGUE) -> None:
     """Run `igemm_kernel` on 5-D views: out = epilogue(conv(x, weight)) (or transposed conv).
 
     Weight layout: (C_out, C_in/groups, k...) for a convolution, (C_in, C_out/groups, k...) for
