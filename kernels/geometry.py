@@ -8,25 +8,29 @@ lets `foveal shapes` and the service reason about layers without importing a GPU
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 PaddingArg = int | Sequence[int] | str
 
 
+def _is_int(v: object) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
 def expand(value: int | Sequence[int], n: int, name: str, *,
            minimum: int | None = None) -> tuple[int, ...]:
     """Turn an int or a length-`n` sequence into an n-tuple, naming `name` on bad input."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int or a sequence of {n} ints, got a bool")
-    if isinstance(value, int):
-        items = (value,) * n
+    if _is_int(value):
+        items = (int(value),) * n
     elif isinstance(value, Sequence) and not isinstance(value, str):
         items = tuple(value)
         if len(items) == 1 and n > 1:
             items = items * n
-        if len(items) != n or not all(type(v) is int for v in items):
+        if len(items) != n or not all(_is_int(v) for v in items):
             raise ValueError(f"{name} must be an int or a sequence of {n} ints, got {value!r}")
+        items = tuple(int(v) for v in items)
     else:
         raise TypeError(f"{name} must be an int or a sequence of {n} ints, "
                         f"got {type(value).__name__}")
