@@ -14,7 +14,14 @@ from .backend import (
     use_backend,
 )
 from .batchnorm import fold_batchnorm
-from .conv import conv1d, conv2d, conv3d
+from .conv import (
+    conv1d,
+    conv2d,
+    conv3d,
+    conv_transpose1d,
+    conv_transpose2d,
+    conv_transpose3d,
+)
 from .epilogue import ACTIVATION_NAMES
 from .geometry import ConvGeometry, conv_output_length, output_shape, transposed_output_length
 from .nn import patch
@@ -28,6 +35,9 @@ __all__ = [
     "conv2d",
     "conv3d",
     "conv_output_length",
+    "conv_transpose1d",
+    "conv_transpose2d",
+    "conv_transpose3d",
     "fold_batchnorm",
     "get_backend_preference",
     "nn",

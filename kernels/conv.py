@@ -1,8 +1,11 @@
-"""conv1d / conv2d / conv3d: PyTorch's semantics on foveal's implicit-GEMM kernel, with autograd.
+"""conv1d/2d/3d and conv_transpose1d/2d/3d: PyTorch's semantics on one implicit-GEMM kernel.
 
-Forward: `igemm_kernel` with the fused epilogue. Backward: the input gradient is a transposed
-convolution (the same kernel in its transposed mode), the weight gradient `wgrad_kernel`, the
-bias gradient a channel sum and the residual's gradient is dL/dz itself.
+A convolution and a transposed convolution are each other's input gradient, so both run on
+`igemm_kernel` (its direct and transposed modes) and share one autograd Function:
+- forward: the op's own mode, with the fused epilogue;
+- dL/dinput: the other mode applied to dL/dz with the same weight;
+- dL/dweight: `wgrad_kernel`, with the roles of input and dL/dz swapped for a transposed op;
+- dL/dbias: a channel sum of dL/dz; dL/dresidual: dL/dz itself.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from .backend import backend_for
 from .checks import check_bias, check_residual, check_same_device_dtype, check_tensor
 from .elementwise import activation_backward, channel_sum
 from .epilogue import Activation, ActivationArg, Epilogue, apply_epilogue, parse_activation
-from .geometry import ConvGeometry, PaddingArg, conv_geometry
+from .geometry import ConvGeometry, PaddingArg, conv_geometry, transposed_conv_geometry
 from .igemm import launch_igemm
 from .tensors import as_5d, empty_like_layout, pad_front
 from .wgrad import weight_grad
@@ -23,34 +26,50 @@ from .wgrad import weight_grad
 IntArg = int | tuple[int, ...]
 
 
-def _launch_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                    residual: torch.Tensor | None, geometry: ConvGeometry, epilogue: Epilogue,
-                    keep_preactivation: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    out = empty_like_layout(geometry.output_shape, x)
-    preact = torch.empty_like(out) if keep_preactivation else None
+def _launch(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, geometry: ConvGeometry,
+            transposed: bool, **epilogue_args) -> torch.Tensor:
+    """`igemm_kernel` over 5-D views with the geometry's stride, padding and dilation."""
     launch_igemm(as_5d(x), as_5d(weight), as_5d(out), groups=geometry.groups,
                  stride=pad_front(geometry.stride, 1), padding=pad_front(geometry.padding, 0),
-                 dilation=pad_front(geometry.dilation, 1), transposed=False, bias=bias,
-                 residual=None if residual is None else as_5d(residual),
-                 preact=None if preact is None else as_5d(preact), epilogue=epilogue)
+                 dilation=pad_front(geometry.dilation, 1), transposed=transposed,
+                 **epilogue_args)
+    return out
+
+
+def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+             residual: torch.Tensor | None, geometry: ConvGeometry, epilogue: Epilogue,
+             keep_preactivation: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    out = empty_like_layout(geometry.output_shape, x)
+    preact = torch.empty_like(out) if keep_preactivation else None
+    _launch(x, weight, out, geometry, geometry.transposed, bias=bias,
+            residual=None if residual is None else as_5d(residual),
+            preact=None if preact is None else as_5d(preact), epilogue=epilogue)
     return out, preact
 
 
-def conv_input_grad(dz: torch.Tensor, weight: torch.Tensor, like: torch.Tensor,
-                    geometry: ConvGeometry) -> torch.Tensor:
-    """dL/dx of a convolution: the transposed convolution of dL/dz, in x's layout."""
-    dx = empty_like_layout(tuple(like.shape), like)
-    launch_igemm(as_5d(dz), as_5d(weight), as_5d(dx), groups=geometry.groups,
-                 stride=pad_front(geometry.stride, 1), padding=pad_front(geometry.padding, 0),
-                 dilation=pad_front(geometry.dilation, 1), transposed=True)
-    return dx
+def _input_grad(dz: torch.Tensor, weight: torch.Tensor, x: torch.Tensor,
+                geometry: ConvGeometry) -> torch.Tensor:
+    """dL/dx: the op of the opposite direction applied to dL/dz, in x's layout."""
+    dx = empty_like_layout(tuple(x.shape), x)
+    return _launch(dz, weight, dx, geometry, not geometry.transposed)
+
+
+def _weight_grad(dz: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                 geometry: ConvGeometry) -> torch.Tensor:
+    # A transposed op's input plays the part of a convolution's output gradient.
+    dy_role, x_role = (x, dz) if geometry.transposed else (dz, x)
+    grad = weight_grad(as_5d(dy_role), as_5d(x_role), as_5d(weight).shape,
+                       groups=geometry.groups, stride=pad_front(geometry.stride, 1),
+                       padding=pad_front(geometry.padding, 0),
+                       dilation=pad_front(geometry.dilation, 1), dtype=weight.dtype)
+    return grad.reshape(weight.shape)
 
 
 class _ConvFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, residual, geometry: ConvGeometry, epilogue: Epilogue):
         keep_preact = epilogue.grad_needs_preactivation
-        out, preact = _launch_forward(x, weight, bias, residual, geometry, epilogue, keep_preact)
+        out, preact = _forward(x, weight, bias, residual, geometry, epilogue, keep_preact)
         ctx.geometry, ctx.epilogue = geometry, epilogue
         ctx.save_for_backward(x, weight, preact if keep_preact else out)
         return out
@@ -64,49 +83,62 @@ class _ConvFunction(torch.autograd.Function):
         if epilogue.activation is not Activation.NONE:
             dz = activation_backward(grad_out, saved, epilogue)
         need_x, need_w, need_b, need_r = ctx.needs_input_grad[:4]
-        dx = conv_input_grad(dz, weight, x, geometry) if need_x else None
-        dw = None
-        if need_w:
-            dw = weight_grad(as_5d(dz), as_5d(x), as_5d(weight).shape, groups=geometry.groups,
-                             stride=pad_front(geometry.stride, 1),
-                             padding=pad_front(geometry.padding, 0),
-                             dilation=pad_front(geometry.dilation, 1),
-                             dtype=weight.dtype).reshape(weight.shape)
+        dx = _input_grad(dz, weight, x, geometry) if need_x else None
+        dw = _weight_grad(dz, x, weight, geometry) if need_w else None
         db = channel_sum(dz, weight.dtype) if need_b else None
         return dx, dw, db, dz if need_r else None, None, None
 
 
-_TORCH_CONVS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_TORCH_OPS = {
+    (1, False): F.conv1d, (2, False): F.conv2d, (3, False): F.conv3d,
+    (1, True): F.conv_transpose1d, (2, True): F.conv_transpose2d, (3, True): F.conv_transpose3d,
+}
 
 
-def _convnd(op: str, spatial_dims: int, input: torch.Tensor, weight: torch.Tensor,
-            bias: torch.Tensor | None, stride: IntArg, padding: PaddingArg, dilation: IntArg,
-            groups: int, activation: ActivationArg, residual: torch.Tensor | None) -> torch.Tensor:
+def _run(op: str, spatial_dims: int, input: torch.Tensor, weight: torch.Tensor,
+         bias: torch.Tensor | None, activation: ActivationArg, residual: torch.Tensor | None,
+         geometry_of, torch_args: tuple) -> torch.Tensor:
+    """Shared pipeline: validate, pick the backend, run (with autograd only when needed)."""
     epilogue = parse_activation(activation)
     check_tensor(op, "input", input, (spatial_dims + 1, spatial_dims + 2))
     check_tensor(op, "weight", weight, (spatial_dims + 2,))
     check_same_device_dtype(op, input, weight=weight, bias=bias, residual=residual)
     unbatched = input.dim() == spatial_dims + 1
     x = input.unsqueeze(0) if unbatched else input
-    geometry = conv_geometry(tuple(x.shape), tuple(weight.shape), stride, padding, dilation,
-                             groups, spatial_dims)
+    geometry: ConvGeometry = geometry_of(tuple(x.shape), tuple(weight.shape))
     out_shape = geometry.output_shape[1:] if unbatched else geometry.output_shape
     check_bias(op, bias, geometry.out_channels)
     check_residual(op, residual, out_shape)
     res = residual.unsqueeze(0) if unbatched and residual is not None else residual
 
     if backend_for(x.device) == "torch":
-        out = _TORCH_CONVS[spatial_dims](x, weight, bias, stride, padding, dilation, groups)
-        out = apply_epilogue(out, None, res, epilogue)
-    elif x.numel() == 0 or weight.numel() == 0 or 0 in geometry.output_shape:
+        torch_op = _TORCH_OPS[spatial_dims, geometry.transposed]
+        out = apply_epilogue(torch_op(x, weight, bias, *torch_args), None, res, epilogue)
+    elif x.numel() == 0 or weight.numel() == 0:
         out = apply_epilogue(empty_like_layout(geometry.output_shape, x).zero_(), bias, res,
                              epilogue)
     elif torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                          for t in (x, weight, bias, res)):
         out = _ConvFunction.apply(x, weight, bias, res, geometry, epilogue)
     else:
-        out, _ = _launch_forward(x, weight, bias, res, geometry, epilogue, False)
+        out, _ = _forward(x, weight, bias, res, geometry, epilogue, False)
     return out.squeeze(0) if unbatched else out
+
+
+def _convnd(op: str, spatial_dims: int, input, weight, bias, stride, padding, dilation, groups,
+            activation, residual) -> torch.Tensor:
+    return _run(op, spatial_dims, input, weight, bias, activation, residual,
+                lambda xs, ws: conv_geometry(xs, ws, stride, padding, dilation, groups,
+                                             spatial_dims),
+                (stride, padding, dilation, groups))
+
+
+def _conv_transposend(op: str, spatial_dims: int, input, weight, bias, stride, padding,
+                      output_padding, groups, dilation, activation, residual) -> torch.Tensor:
+    return _run(op, spatial_dims, input, weight, bias, activation, residual,
+                lambda xs, ws: transposed_conv_geometry(xs, ws, stride, padding, output_padding,
+                                                        groups, dilation, spatial_dims),
+                (stride, padding, output_padding, groups, dilation))
 
 
 def conv1d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -131,3 +163,30 @@ def conv3d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     """torch.nn.functional.conv3d with a fused epilogue: activation(conv + bias + residual)."""
     return _convnd("conv3d", 3, input, weight, bias, stride, padding, dilation, groups,
                    activation, residual)
+
+
+def conv_transpose1d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                     stride: IntArg = 1, padding: IntArg = 0, output_padding: IntArg = 0,
+                     groups: int = 1, dilation: IntArg = 1, *, activation: ActivationArg = None,
+                     residual: torch.Tensor | None = None) -> torch.Tensor:
+    """torch.nn.functional.conv_transpose1d with a fused epilogue."""
+    return _conv_transposend("conv_transpose1d", 1, input, weight, bias, stride, padding,
+                             output_padding, groups, dilation, activation, residual)
+
+
+def conv_transpose2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                     stride: IntArg = 1, padding: IntArg = 0, output_padding: IntArg = 0,
+                     groups: int = 1, dilation: IntArg = 1, *, activation: ActivationArg = None,
+                     residual: torch.Tensor | None = None) -> torch.Tensor:
+    """torch.nn.functional.conv_transpose2d with a fused epilogue."""
+    return _conv_transposend("conv_transpose2d", 2, input, weight, bias, stride, padding,
+                             output_padding, groups, dilation, activation, residual)
+
+
+def conv_transpose3d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                     stride: IntArg = 1, padding: IntArg = 0, output_padding: IntArg = 0,
+                     groups: int = 1, dilation: IntArg = 1, *, activation: ActivationArg = None,
+                     residual: torch.Tensor | None = None) -> torch.Tensor:
+    """torch.nn.functional.conv_transpose3d with a fused epilogue."""
+    return _conv_transposend("conv_transpose3d", 3, input, weight, bias, stride, padding,
+                             output_padding, groups, dilation, activation, residual)

@@ -168,6 +168,13 @@ class ConvGeometry:
         return elements * itemsize
 
 
+def _check_groups(groups: object) -> None:
+    if not _is_int(groups):
+        raise TypeError(f"groups must be an int, got {type(groups).__name__}")
+    if groups < 1:
+        raise ValueError(f"groups must be positive, got {groups}")
+
+
 def conv_geometry(input_shape: Sequence[int], weight_shape: Sequence[int], stride, padding,
                   dilation, groups: int, spatial_dims: int) -> ConvGeometry:
     """Validate a convolution's shapes and return its geometry.
@@ -176,10 +183,7 @@ def conv_geometry(input_shape: Sequence[int], weight_shape: Sequence[int], strid
     ValueError or TypeError naming the argument, as PyTorch would refuse the same call.
     """
     n = spatial_dims
-    if not isinstance(groups, int) or isinstance(groups, bool):
-        raise TypeError(f"groups must be an int, got {type(groups).__name__}")
-    if groups < 1:
-        raise ValueError(f"groups must be positive, got {groups}")
+    _check_groups(groups)
     batch, in_channels, *size = input_shape
     out_channels, weight_in, *kernel = weight_shape
     stride_t = expand(stride, n, "stride", minimum=1)
@@ -208,6 +212,50 @@ def conv_geometry(input_shape: Sequence[int], weight_shape: Sequence[int], strid
     return ConvGeometry(batch=batch, in_channels=in_channels, out_channels=out_channels,
                         groups=groups, input_size=tuple(size), kernel_size=kernel_t,
                         stride=stride_t, padding=before, dilation=dilation_t, output_size=out)
+
+
+def transposed_conv_geometry(input_shape: Sequence[int], weight_shape: Sequence[int], stride,
+                             padding, output_padding, groups: int, dilation,
+                             spatial_dims: int) -> ConvGeometry:
+    """Validate a transposed convolution's shapes and return its geometry.
+
+    Shapes are batched: (N, C_in, *spatial) and (C_in, C_out/groups, *kernel), as in PyTorch.
+    """
+    n = spatial_dims
+    _check_groups(groups)
+    batch, in_channels, *size = input_shape
+    weight_in, out_per_group, *kernel = weight_shape
+    stride_t = expand(stride, n, "stride", minimum=1)
+    dilation_t = expand(dilation, n, "dilation", minimum=1)
+    if isinstance(padding, str):
+        raise ValueError(f"padding must be an int or a tuple for a transposed convolution "
+                         f"(PyTorch has no 'same'/'valid' here), got {padding!r}")
+    pad = expand(padding, n, "padding", minimum=0)
+    out_pad = expand(output_padding, n, "output_padding", minimum=0)
+    kernel_t = tuple(kernel)
+    if any(k < 1 for k in kernel_t):
+        raise ValueError(f"weight has an empty kernel: shape {tuple(weight_shape)}")
+    if weight_in != in_channels:
+        raise ValueError(f"weight.shape[0] must equal the input channels for a transposed "
+                         f"convolution (weight layout (C_in, C_out/groups, *kernel)): "
+                         f"{weight_in} != {in_channels}")
+    if in_channels % groups:
+        raise ValueError(f"input channels ({in_channels}) must be divisible by groups ({groups})")
+    for axis, (op, st, d) in enumerate(zip(out_pad, stride_t, dilation_t, strict=True)):
+        if op >= st and op >= d:
+            raise ValueError(f"output_padding must be smaller than either stride or dilation on "
+                             f"spatial axis {axis}: output_padding {op}, stride {st}, "
+                             f"dilation {d}")
+    out = tuple(transposed_output_length(*args) for args in
+                zip(size, kernel_t, stride_t, pad, dilation_t, out_pad, strict=True))
+    if any(o < 1 for o in out):
+        raise ValueError(f"padding {pad} is too large: the transposed convolution's output "
+                         f"size would be {out}")
+    return ConvGeometry(batch=batch, in_channels=in_channels,
+                        out_channels=out_per_group * groups, groups=groups,
+                        input_size=tuple(size), kernel_size=kernel_t, stride=stride_t,
+                        padding=pad, dilation=dilation_t, output_size=out, transposed=True,
+                        output_padding=out_pad)
 
 
 @dataclass(frozen=True)
