@@ -21,15 +21,20 @@ from .epilogue import Activation, ActivationArg, Epilogue, apply_epilogue, parse
 from .geometry import ConvGeometry, PaddingArg, conv_geometry, transposed_conv_geometry
 from .igemm import launch_igemm
 from .tensors import as_5d, empty_like_layout, pad_front
+from .weights import gemm_weight
 from .wgrad import weight_grad
 
 IntArg = int | tuple[int, ...]
 
 
 def _launch(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, geometry: ConvGeometry,
-            transposed: bool, **epilogue_args) -> torch.Tensor:
-    """`igemm_kernel` over 5-D views with the geometry's stride, padding and dilation."""
-    launch_igemm(as_5d(x), as_5d(weight), as_5d(out), groups=geometry.groups,
+            transposed: bool, cache_weight: bool = False, **epilogue_args) -> torch.Tensor:
+    """`igemm_kernel` in the given mode with the geometry's stride, padding and dilation.
+
+    The kernel's output channels index weight dim 1 in transposed mode, dim 0 otherwise.
+    """
+    w6 = gemm_weight(weight, geometry.groups, 1 if transposed else 0, cache=cache_weight)
+    launch_igemm(as_5d(x), w6, as_5d(out), groups=geometry.groups,
                  stride=pad_front(geometry.stride, 1), padding=pad_front(geometry.padding, 0),
                  dilation=pad_front(geometry.dilation, 1), transposed=transposed,
                  **epilogue_args)
@@ -38,10 +43,10 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, geometry: 
 
 def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
              residual: torch.Tensor | None, geometry: ConvGeometry, epilogue: Epilogue,
-             keep_preactivation: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+             keep_preactivation: bool, inference: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     out = empty_like_layout(geometry.output_shape, x)
     preact = torch.empty_like(out) if keep_preactivation else None
-    _launch(x, weight, out, geometry, geometry.transposed, bias=bias,
+    _launch(x, weight, out, geometry, geometry.transposed, cache_weight=inference, bias=bias,
             residual=None if residual is None else as_5d(residual),
             preact=None if preact is None else as_5d(preact), epilogue=epilogue)
     return out, preact
@@ -69,7 +74,8 @@ class _ConvFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, residual, geometry: ConvGeometry, epilogue: Epilogue):
         keep_preact = epilogue.grad_needs_preactivation
-        out, preact = _forward(x, weight, bias, residual, geometry, epilogue, keep_preact)
+        out, preact = _forward(x, weight, bias, residual, geometry, epilogue, keep_preact,
+                               inference=False)
         ctx.geometry, ctx.epilogue = geometry, epilogue
         ctx.save_for_backward(x, weight, preact if keep_preact else out)
         return out
@@ -121,7 +127,7 @@ def _run(op: str, spatial_dims: int, input: torch.Tensor, weight: torch.Tensor,
                                          for t in (x, weight, bias, res)):
         out = _ConvFunction.apply(x, weight, bias, res, geometry, epilogue)
     else:
-        out, _ = _forward(x, weight, bias, res, geometry, epilogue, False)
+        out, _ = _forward(x, weight, bias, res, geometry, epilogue, False, inference=True)
     return out.squeeze(0) if unbatched else out
 
 

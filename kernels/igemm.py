@@ -4,15 +4,15 @@ One kernel serves both directions. A program computes a [BLOCK_M, BLOCK_N] tile 
 rows are output positions (n, d, h, w), columns are output channels of one group, and the
 reduction runs over (kernel tap, input channel) without materialising an im2col buffer.
 
-Every output position is `j * OUT_MUL + phase` and reads input position `j * IN_MUL + offset`,
-where the offset comes from a per-phase table of kernel taps:
-- convolution: one phase, IN_MUL = stride, OUT_MUL = 1, every tap with offset k*dilation - pad;
+Every output position is `j * OUT_MUL + phase` and reads input position `j * IN_MUL + offset`:
+- convolution (DIRECT): one phase, IN_MUL = stride, OUT_MUL = 1, and every tap, with offset
+  k*dilation - pad computed from the tap index;
 - transposed convolution (and so a convolution's input gradient): one phase per residue of the
   output position modulo the stride, IN_MUL = 1, OUT_MUL = stride, and only the taps that land
-  on a real input position, with offset (phase + pad - k*dilation) / stride. Each phase is a
-  dense implicit GEMM: no work on the zeros of the dilated input, no atomics. The table is built
-  on the host with Python's exact integer arithmetic, so Triton's truncating `//` never meets a
-  negative operand.
+  on a real input position, with offset (phase + pad - k*dilation) / stride, read from a
+  per-phase table. Each phase is a dense implicit GEMM: no work on the zeros of the dilated
+  input, no atomics. The table is built on the host with Python's exact integer arithmetic, so
+  Triton's truncating `//` never meets a negative operand.
 
 Two reduction orders: TAP_MAJOR walks taps outermost and BLOCK_K input channels at a time (one
 address computation per tap, contiguous channel loads for channels_last); otherwise the
@@ -37,14 +37,36 @@ from .tensors import needs_int64
 from .tl_helpers import epilogue_store, mma
 
 _KEY = ["BATCH", "C_G", "COUT_G", "IN_D", "IN_H", "IN_W", "OUT_D", "OUT_H", "OUT_W",
-        "IN_MUL_D", "IN_MUL_H", "IN_MUL_W", "N_PHASES", "MAX_TAPS", "sx_c", "sy_c",
-        "TAP_MAJOR", "ACTIVATION", "HAS_RESIDUAL"]
+        "IN_MUL_D", "IN_MUL_H", "IN_MUL_W", "KD", "KH", "KW", "N_PHASES", "MAX_TAPS",
+        "sx_c", "sy_c", "sw_out", "sw_in", "TAP_MAJOR", "DIRECT", "ACTIVATION", "HAS_RESIDUAL"]
 
 
 def _prune(configs, args):
     rows = args["BATCH"] * args["J_D"] * args["J_H"] * args["J_W"]
     reduction = args["C_G"] if args["TAP_MAJOR"] else args["C_G"] * args["MAX_TAPS"]
     return prune_tiles(configs, rows, args["COUT_G"], reduction, args["x_ptr"].element_size())
+
+
+@triton.jit
+def _tap_offsets(t, t_ok, tap_table, DIRECT: tl.constexpr, KH, KW, DIL_D, DIL_H, DIL_W,
+                 PAD_D, PAD_H, PAD_W, sw_kd, sw_kh, sw_kw):
+    """Input offsets (d, h, w) and weight offset of tap `t` (a scalar or a vector of taps)."""
+    if DIRECT:
+        kw = t % KW
+        rest = t // KW
+        kh = rest % KH
+        kd = rest // KH
+        off_d = kd * DIL_D - PAD_D
+        off_h = kh * DIL_H - PAD_H
+        off_w = kw * DIL_W - PAD_W
+        w_off = kd * sw_kd + kh * sw_kh + kw * sw_kw
+    else:
+        entry = tap_table + t * 4
+        off_d = tl.load(entry, mask=t_ok, other=0)
+        off_h = tl.load(entry + 1, mask=t_ok, other=0)
+        off_w = tl.load(entry + 2, mask=t_ok, other=0)
+        w_off = tl.load(entry + 3, mask=t_ok, other=0)
+    return off_d, off_h, off_w, w_off
 
 
 @autotuned(key=_KEY, prune=_prune)
@@ -54,15 +76,17 @@ def igemm_kernel(
     BATCH, C_G, COUT_G,
     IN_D, IN_H, IN_W, OUT_D, OUT_H, OUT_W, J_D, J_H, J_W,
     IN_MUL_D, IN_MUL_H, IN_MUL_W, OUT_MUL_D, OUT_MUL_H, OUT_MUL_W,
+    KD, KH, KW, DIL_D, DIL_H, DIL_W, PAD_D, PAD_H, PAD_W,
     N_PHASES, MAX_TAPS,
     sx_n, sx_c, sx_d, sx_h, sx_w,
-    sw_out, sw_in, sw_group,
+    sw_group, sw_out, sw_in, sw_kd, sw_kh, sw_kw,
     sy_n, sy_c, sy_d, sy_h, sy_w,
     sr_n, sr_c, sr_d, sr_h, sr_w,
     alpha,
     ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-    STORE_PREACT: tl.constexpr, TAP_MAJOR: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr, INT64: tl.constexpr, IS_FP64: tl.constexpr, GROUP_M: tl.constexpr,
+    STORE_PREACT: tl.constexpr, TAP_MAJOR: tl.constexpr, DIRECT: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, INT64: tl.constexpr,
+    IS_FP64: tl.constexpr, GROUP_M: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -105,7 +129,10 @@ def igemm_kernel(
     n_ok = rn < COUT_G
     w_base = w_ptr + group * sw_group
     w_cols = rn * sw_out
-    n_taps = tl.load(tap_count_ptr + phase)
+    if DIRECT:
+        n_taps = KD * KH * KW
+    else:
+        n_taps = tl.load(tap_count_ptr + phase)
     tap_table = taps_ptr + phase * MAX_TAPS * 4
 
     if IS_FP64:
@@ -119,16 +146,18 @@ def igemm_kernel(
             tap = it // c_blocks
             c = (it - tap * c_blocks) * BLOCK_K + rk
             c_ok = c < C_G
-            entry = tap_table + tap * 4
-            i_d = base_d + tl.load(entry)
-            i_h = base_h + tl.load(entry + 1)
-            i_w = base_w + tl.load(entry + 2)
+            off_d, off_h, off_w, w_tap = _tap_offsets(
+                tap, tap < n_taps, tap_table, DIRECT, KH, KW, DIL_D, DIL_H, DIL_W, PAD_D,
+                PAD_H, PAD_W, sw_kd, sw_kh, sw_kw)
+            i_d = base_d + off_d
+            i_h = base_h + off_h
+            i_w = base_w + off_w
             ok = (row_ok & (i_d >= 0) & (i_d < IN_D) & (i_h >= 0) & (i_h < IN_H)
                   & (i_w >= 0) & (i_w < IN_W))
             x_off = x_row + i_d * sx_d + i_h * sx_h + i_w * sx_w
             a = tl.load(x_ptr + x_off[:, None] + (c * sx_c)[None, :],
                         mask=ok[:, None] & c_ok[None, :], other=0.0)
-            b = tl.load(w_base + tl.load(entry + 3) + (c * sw_in)[:, None] + w_cols[None, :],
+            b = tl.load(w_base + w_tap + (c * sw_in)[:, None] + w_cols[None, :],
                         mask=c_ok[:, None] & n_ok[None, :], other=0.0)
             acc = mma(acc, a, b, INPUT_PRECISION, UPCAST)
     else:
@@ -138,11 +167,12 @@ def igemm_kernel(
             k_ok = k < k_total
             tap = k // C_G
             c = k - tap * C_G
-            entry = tap_table + tap * 4
-            i_d = base_d[:, None] + tl.load(entry, mask=k_ok, other=0)[None, :]
-            i_h = base_h[:, None] + tl.load(entry + 1, mask=k_ok, other=0)[None, :]
-            i_w = base_w[:, None] + tl.load(entry + 2, mask=k_ok, other=0)[None, :]
-            w_tap = tl.load(entry + 3, mask=k_ok, other=0)
+            off_d, off_h, off_w, w_tap = _tap_offsets(
+                tap, k_ok, tap_table, DIRECT, KH, KW, DIL_D, DIL_H, DIL_W, PAD_D, PAD_H, PAD_W,
+                sw_kd, sw_kh, sw_kw)
+            i_d = base_d[:, None] + off_d[None, :]
+            i_h = base_h[:, None] + off_h[None, :]
+            i_w = base_w[:, None] + off_w[None, :]
             ok = (row_ok[:, None] & k_ok[None, :] & (i_d >= 0) & (i_d < IN_D) & (i_h >= 0)
                   & (i_h < IN_H) & (i_w >= 0) & (i_w < IN_W))
             x_off = x_row[:, None] + i_d * sx_d + i_h * sx_h + i_w * sx_w + (c * sx_c)[None, :]
@@ -225,24 +255,24 @@ def launch_igemm(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, *, gr
                  stride: Triple, padding: Triple, dilation: Triple, transposed: bool,
                  bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,
                  preact: torch.Tensor | None = None, epilogue: Epilogue = NO_EPILOGUE) -> None:
-    """Run `igemm_kernel` on 5-D views: out = epilogue(conv(x, weight)) (or transposed conv).
+    """Run `igemm_kernel`: out = epilogue(conv(x, weight)), or the transposed convolution.
 
-    Weight layout: (C_out, C_in/groups, k...) for a convolution, (C_in, C_out/groups, k...) for
-    a transposed one, as in PyTorch. `out` (and `preact`, `residual`) are (N, C_out, D, H, W).
+    `x`, `out` (and `preact`, `residual`) are 5-D (N, C, D, H, W) views; `weight` is the 6-D
+    [group, out, in, kd, kh, kw] view from `weights.gemm_weight`.
     """
     batch, in_channels = x.shape[:2]
     out_channels = out.shape[1]
     c_g, cout_g = in_channels // groups, out_channels // groups
-    taps, counts, residues, max_taps = tap_plan(
-        transposed, tuple(weight.shape[2:]), stride, padding, dilation,
-        tuple(weight.stride()[2:]), x.device)
+    kernel = tuple(weight.shape[3:])
+    tap_strides = tuple(weight.stride()[3:])
+    taps, counts, residues, max_taps = tap_plan(transposed, kernel, stride, padding, dilation,
+                                                tap_strides, x.device)
     out_size = tuple(out.shape[2:])
     if transposed:
         extents = tuple(math.ceil(o / s) for o, s in zip(out_size, stride, strict=True))
         in_mul, out_mul = (1, 1, 1), stride
     else:
         extents, in_mul, out_mul = out_size, stride, (1, 1, 1)
-    out_dim = 1 if transposed else 0  # which weight dim indexes output channels
     n_phases = residues.numel() // 3
     rows = batch * math.prod(extents)
     res = residual if residual is not None else out
@@ -252,13 +282,12 @@ def launch_igemm(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, *, gr
         x, weight, bias if bias is not None else out, res, out,
         preact if preact is not None else out, taps, counts, residues,
         batch, c_g, cout_g, *x.shape[2:], *out_size, *extents, *in_mul, *out_mul,
-        n_phases, max_taps, *x.stride(), weight.stride(out_dim), weight.stride(1 - out_dim),
-        (weight.shape[0] // groups) * weight.stride(0), *out.stride(),
-        *(res.stride() if residual is not None else (0,) * 5), epilogue.alpha,
+        *kernel, *dilation, *padding, n_phases, max_taps, *x.stride(), *weight.stride(),
+        *out.stride(), *(res.stride() if residual is not None else (0,) * 5), epilogue.alpha,
         ACTIVATION=int(epilogue.activation), HAS_BIAS=bias is not None,
         HAS_RESIDUAL=residual is not None, STORE_PREACT=preact is not None,
-        TAP_MAJOR=_tap_major(c_g), INPUT_PRECISION=input_precision(x.dtype),
-        UPCAST=INTERPRETED and x.dtype != torch.float64,
+        TAP_MAJOR=_tap_major(c_g), DIRECT=not transposed,
+        INPUT_PRECISION=input_precision(x.dtype), UPCAST=INTERPRETED and x.dtype != torch.float64,
         INT64=needs_int64(x, out, residual, preact), IS_FP64=x.dtype == torch.float64,
         GROUP_M=8,
     )
