@@ -68,6 +68,18 @@ def _conv2d_backward_check(device: torch.device, dtype: torch.dtype) -> float:
     return max(_relative_error(dx, rx), _relative_error(dw, rw))
 
 
+def _conv_transpose2d_check(device: torch.device, dtype: torch.dtype) -> float:
+    from .conv import conv_transpose2d
+
+    x = torch.randn(2, 6, 5, 4, device=device, dtype=dtype)
+    w = torch.randn(6, 4, 3, 3, device=device, dtype=dtype)
+    b = torch.randn(8, device=device, dtype=dtype)
+    kwargs = dict(stride=2, padding=1, output_padding=1, groups=2)
+    out = conv_transpose2d(x, w, b, activation="relu", **kwargs)
+    ref = F.relu(F.conv_transpose2d(x.double(), w.double(), b.double(), **kwargs))
+    return _relative_error(out, ref)
+
+
 CHECKS: dict[str, Callable[[torch.device, torch.dtype], float]] = {
     "conv1d": _conv_check(1, stride=2, padding=1),
     "conv2d": _conv_check(2, padding=1, dilation=(1, 2)),
@@ -75,6 +87,7 @@ CHECKS: dict[str, Callable[[torch.device, torch.dtype], float]] = {
     "conv2d grouped": _conv_check(2, groups=3, stride=(2, 1)),
     "conv3d": _conv_check(3, padding=(1, 0, 1)),
     "conv2d backward": _conv2d_backward_check,
+    "conv_transpose2d": _conv_transpose2d_check,
 }
 
 
