@@ -27,6 +27,12 @@ _GPU_TILES: tuple[tuple[int, int, int, int, int], ...] = (
     (64, 32, 32, 4, 4),
     (32, 64, 32, 4, 4),
     (32, 32, 32, 2, 4),
+    # narrow problems: few channels per group (ResNeXt), RGB stems, small weight gradients
+    (128, 16, 32, 4, 4),
+    (64, 16, 64, 2, 3),
+    (16, 16, 64, 2, 3),
+    (128, 64, 16, 4, 4),
+    (64, 64, 16, 4, 4),
 )
 _INTERPRETER_TILE = (64, 32, 32, 4, 1)
 _SHARED_MEMORY_BUDGET = 200 * 1024  # bytes; H100 allows 227 KiB per block, A100 163 KiB
@@ -38,8 +44,8 @@ def _config(tile: tuple[int, int, int, int, int]) -> triton.Config:
                          num_stages=stages)
 
 
-def tile_configs() -> list[triton.Config]:
-    tiles = (_INTERPRETER_TILE,) if INTERPRETED else _GPU_TILES
+def tile_configs(interpreted: bool = INTERPRETED) -> list[triton.Config]:
+    tiles = (_INTERPRETER_TILE,) if interpreted else _GPU_TILES
     return [_config(t) for t in tiles]
 
 
@@ -67,10 +73,12 @@ def prune_tiles(configs: Sequence[triton.Config], m: int, n: int, k: int,
 def autotuned(key: Sequence[str], prune: Callable[..., list[triton.Config]]):
     """Decorator: Triton's autotuner over `tile_configs()` with a problem-aware pruner.
 
-    `prune(configs, named_args)` receives the launch's arguments by name.
+    `prune(configs, args)` receives every launch argument by name: Triton passes positional
+    arguments as `named_args` and keyword ones (the constexprs) separately, and runs the
+    pruner only when there is more than one config (so only on a GPU).
     """
     def early_prune(configs, named_args, **kwargs):
-        return prune(configs, named_args)
+        return prune(configs, {**named_args, **kwargs})
 
     return triton.autotune(configs=tile_configs(), key=list(key),
                            prune_configs_by={"early_config_prune": early_prune})
