@@ -40,7 +40,8 @@ _PACKAGES = sorted({str(Path(s).parent).replace("/", ".") for s in SOURCES}, key
                    reverse=True)
 _PACKAGE_PATTERN = "|".join(re.escape(p) for p in _PACKAGES)
 _IMPORT = re.compile(rf"^from ({_PACKAGE_PATTERN}) import ", re.MULTILINE)
-_MODULE_NAME = re.compile(rf"(BuildTopDescriptorsAndMessages\(DESCRIPTOR, ')(({_PACKAGE_PATTERN})\.)")
+_MODULE_NAME = re.compile(
+    rf"(BuildTopDescriptorsAndMessages\(DESCRIPTOR, ')(({_PACKAGE_PATTERN})\.)")
 _VERSION_CHECK = re.compile(r"^_runtime_version\.ValidateProtobufRuntimeVersion\(\n(?:.*\n)*?\)\n",
                             re.MULTILINE)
 _VERSION_IMPORT = "from google.protobuf import runtime_version as _runtime_version\n"

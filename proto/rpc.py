@@ -13,12 +13,11 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from google.protobuf import message_factory
-from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
-
 from foveal.proto.foveal.v1 import foveal_pb2
 from foveal.proto.grpc.health.v1 import health_pb2
 from foveal.proto.inference import grpc_service_pb2
+from google.protobuf import message_factory
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
 FEATURE_SERVICE = foveal_pb2.DESCRIPTOR.services_by_name["FeatureService"]
 INFERENCE_SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]

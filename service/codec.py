@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
 from foveal.proto.foveal.v1 import foveal_pb2
 
 from .errors import invalid

@@ -12,9 +12,8 @@ with a fused ReLU over the bank and its negation: relu(z)^2 + relu(-z)^2 = z^2.
 
 from __future__ import annotations
 
-import torch
-
 import foveal.kernels as fk
+import torch
 from foveal.kernels.geometry import conv_output_length
 
 from .base import OutputSpec, ServedModel

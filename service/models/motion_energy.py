@@ -12,9 +12,8 @@ in a direction minus energy in the opposite one, signed: > 0 for motion along th
 
 from __future__ import annotations
 
-import torch
-
 import foveal.kernels as fk
+import torch
 from foveal.kernels.geometry import conv_output_length
 
 from .base import OutputSpec, ServedModel
