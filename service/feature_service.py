@@ -150,7 +150,8 @@ class FeatureServicer:
             results = await served.batcher.infer(tensors, frozenset(outputs),
                                                  deadline_of(context), rid)
             images = [pb.ImageFeatures(features=_features(outputs, r, wire)) for r in results]
-            return pb.ExtractImageResponse(model=model.name, images=images)
+            return state.check_reply_size(pb.ExtractImageResponse(model=model.name,
+                                                                  images=images))
 
         return await state.tracker.run(context, "ExtractImage", request.model, body)
 
@@ -162,9 +163,9 @@ class FeatureServicer:
             served = state.served[clip.model.name]
             (result,) = await served.batcher.infer([tensor], frozenset(clip.outputs), deadline,
                                                    f"{rid}/{clip.index}")
-            return pb.ClipFeatures(clip_id=clip.header.clip_id, index=clip.index,
-                                   model=clip.model.name,
-                                   features=_features(clip.outputs, result, clip.output_wire))
+            return state.check_reply_size(pb.ClipFeatures(
+                clip_id=clip.header.clip_id, index=clip.index, model=clip.model.name,
+                features=_features(clip.outputs, result, clip.output_wire)))
 
         async def read(queue: asyncio.Queue, rid: str, deadline: float) -> None:
             clip: _Clip | None = None

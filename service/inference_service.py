@@ -235,7 +235,7 @@ class InferenceServicer:
             stacked = torch.stack([r[output] for r in results]).to(wire.torch_dtype)
             response.outputs.add(name=output, datatype=wire.triton, shape=list(stacked.shape))
             response.raw_output_contents.append(codec.encode(stacked))
-        return response
+        return self.state.check_reply_size(response)
 
     @staticmethod
     def _output_wire(request: pb.ModelInferRequest) -> codec.WireType:

@@ -138,7 +138,8 @@ class FeatureServer:
                 "model": model.name, "kind": model.kind, "device": str(model.device),
                 "precision": str(model.dtype).removeprefix("torch."), "weights": model.weights,
                 "outputs": list(model.outputs), **dataclasses.asdict(policy)}})
-        self.state = ServingState(served, running, self.metrics, settings.preprocess_threads)
+        self.state = ServingState(served, running, self.metrics, settings.preprocess_threads,
+                                  settings.max_message_bytes)
         self.health = HealthServicer([*served, rpc.FEATURE_SERVICE.full_name,
                                       rpc.INFERENCE_SERVICE.full_name])
 

@@ -8,16 +8,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
+import grpc
 import torch
+from google.protobuf.message import Message
 
 from . import codec
 from .batcher import DynamicBatcher
 from .calls import CallTracker
-from .errors import invalid, not_found
+from .errors import RequestError, invalid, not_found
 from .metrics import Metrics, ModelStats
 from .models.base import ServedModel
 
 T = TypeVar("T")
+MIB = 1024 * 1024
 
 
 @dataclass
@@ -29,12 +32,13 @@ class Served:
 
 class ServingState:
     def __init__(self, served: dict[str, Served], backend: str, metrics: Metrics,
-                 preprocess_threads: int):
+                 preprocess_threads: int, max_message_bytes: int):
         self.served = served
         self.backend = backend        # what runs the convolutions: triton, interpreter, torch
         self.metrics = metrics
         self.tracker = CallTracker(metrics, {name: s.stats for name, s in served.items()})
         self.ready = False
+        self.max_message_bytes = max_message_bytes
         self._preprocess = ThreadPoolExecutor(max_workers=preprocess_threads,
                                               thread_name_prefix="foveal-preprocess")
 
@@ -74,6 +78,16 @@ class ServingState:
             raise invalid(f"{what}: dtype {given} is not accepted; model {model.name!r} takes "
                           f"{' or '.join(allowed)}")
         return wire
+
+    def check_reply_size(self, reply: Message) -> Message:
+        """A reply over the send limit would fail in transport; say why instead."""
+        size = reply.ByteSize()
+        if size > self.max_message_bytes:
+            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"the reply would be {size / MIB:.1f} MiB, over the server's "
+                               f"{self.max_message_bytes / MIB:.1f} MiB message limit; ask for "
+                               "fewer items or outputs per request, or float16 features")
+        return reply
 
     async def prepare(self, fn: Callable[..., T], *args) -> T:
         """Run CPU-heavy input preparation (decoding, resizing) off the event loop."""
