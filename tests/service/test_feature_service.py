@@ -89,8 +89,8 @@ def _clip_chunks(clips: list[tuple[str, np.ndarray]], chunk_bytes: int, model: s
 
 
 def test_clips_stream_in_chunks_and_answer_in_order_with_direction_selectivity(features):
-    clips = [("right", drifting_grating(0, 4.0, 8, 24)), ("left", drifting_grating(180, 4.0, 8, 24)),
-             ("up", drifting_grating(90, 4.0, 8, 24))]
+    clips = [(name, drifting_grating(direction, 4.0, 8, 24))
+             for name, direction in (("right", 0), ("left", 180), ("up", 90))]
     replies = list(features.ExtractClips(_clip_chunks(clips, chunk_bytes=1000), timeout=60))
     assert [(r.clip_id, r.index, r.model) for r in replies] == [
         ("right", 0, "motion"), ("left", 1, "motion"), ("up", 2, "motion")]
