@@ -154,7 +154,7 @@ def test_the_servers_timeout_applies_without_a_client_deadline():
 
 
 def test_a_failing_batch_fails_only_its_own_requests():
-    model, server = _serve(BatchPolicy(max_batch_size=2, max_queue_delay_ms=200))
+    _, server = _serve(BatchPolicy(max_batch_size=2, max_queue_delay_ms=200))
     with server as s, grpc.insecure_channel(s.address) as channel:
         stub = rpc.FeatureServiceStub(channel)
         poisoned = [stub.ExtractImage.future(_request(v), timeout=30) for v in (255, 7)]
