@@ -111,3 +111,29 @@ def test_selecting_outputs_checks_names():
     model.select_outputs(("energy",))
     assert list(model.outputs) == ["energy"] and model.default_outputs == ("energy",)
     assert set(KINDS) >= {"gabor", "motion-energy"}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 2e-3), (torch.float16, 1e-2)])
+def test_models_on_the_gpu_match_float64_at_full_size(dtype, tolerance):
+    """The served models' Triton path on CUDA, at their built-in sizes, against float64."""
+    cuda = torch.device("cuda")
+    gabor = build_model("g", "gabor", KINDS["gabor"].default_input, cuda, dtype)
+    x = torch.randn(8, 3, 227, 227, device=cuda)
+    bank, _ = gabor_module.filter_bank()
+    with fk.use_backend("triton"):
+        simple = gabor.forward(x.to(dtype), frozenset({"simple"}))["simple"]
+    reference = F.relu(F.conv2d(x.double(), bank.to(cuda), stride=4))
+    error = (simple.double() - reference).abs().max() / reference.abs().max()
+    assert simple.shape == (8, 96, 55, 55) and error < tolerance
+    motion = build_model("m", "motion-energy", KINDS["motion-energy"].default_input, cuda, dtype)
+    clips = torch.randn(2, 3, 16, 112, 112, device=cuda)
+    with fk.use_backend("triton"):
+        energy = motion.forward(clips.to(dtype), frozenset({"energy"}))["energy"]
+    reference_model = build_model("m64", "motion-energy", KINDS["motion-energy"].default_input,
+                                  cuda, torch.float64)
+    with fk.use_backend("torch"):
+        expected = reference_model.forward(clips.double(), frozenset({"energy"}))
+    error = (energy.double() - expected["energy"].double()).abs().max()
+    assert energy.shape == (2, 16, 10, 26, 26)
+    assert error / expected["energy"].abs().max() < 4 * tolerance
