@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -18,7 +19,7 @@ from foveal.proto.foveal.v1 import foveal_pb2 as pb
 from foveal.service import cmd_serve
 from grpc_health.v1 import health_pb2 as std_health
 from grpc_health.v1 import health_pb2_grpc as std_health_grpc
-from service_helpers import raw_image
+from service_helpers import raw_image, wait_until
 
 MODELS = """
 [[models]]
@@ -32,6 +33,16 @@ max_queue_delay_ms = 1500
 """
 
 
+def _json_lines(lines) -> list[dict]:
+    """The JSON log events among `lines` (anything else on stderr, e.g. a library's warning,
+    is not ours to parse)."""
+    events = []
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            events.append(json.loads(line))
+    return events
+
+
 def _start(tmp_path, *extra: str) -> tuple[subprocess.Popen, int, list[dict]]:
     models = tmp_path / "models.toml"
     models.write_text(MODELS)
@@ -42,8 +53,8 @@ def _start(tmp_path, *extra: str) -> tuple[subprocess.Popen, int, list[dict]]:
         stderr=subprocess.PIPE, text=True, env=env)
     events = []
     for line in process.stderr:
-        events.append(json.loads(line))
-        if events[-1]["event"] == "serving":
+        events += _json_lines([line])
+        if events and events[-1]["event"] == "serving":
             return process, events[-1]["port"], events
     raise AssertionError(f"server exited ({process.wait()}) before serving: {events}")
 
@@ -63,8 +74,7 @@ def test_signal_drains_in_flight_requests_and_exits_zero(tmp_path, sig):
             # waits in the queue for 1.5 s (max_queue_delay_ms) while the signal arrives
             pending = rpc.FeatureServiceStub(channel).ExtractImage.future(pb.ExtractImageRequest(
                 model="tiny", images=[raw_image(np.zeros((16, 16, 3), np.uint8))]), timeout=30)
-            while not statuses:
-                watcher.join(0.01)
+            wait_until(lambda: statuses, timeout=20)
             process.send_signal(sig)
             reply = pending.result()
             assert list(reply.images[0].features[0].tensor.shape) == [96, 2, 2]
@@ -72,7 +82,7 @@ def test_signal_drains_in_flight_requests_and_exits_zero(tmp_path, sig):
         assert process.wait(30) == 0
         assert statuses == [std_health.HealthCheckResponse.SERVING,
                             std_health.HealthCheckResponse.NOT_SERVING]
-        rest = [json.loads(line) for line in process.stderr]
+        rest = _json_lines(process.stderr)
         assert [e["event"] for e in rest if e["event"] in ("signal", "draining", "stopped")] == [
             "signal", "draining", "stopped"]
     finally:
