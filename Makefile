@@ -5,15 +5,23 @@ BIN := $(VENV)/bin
 TEST_WORKERS ?= auto
 PYTEST_ARGS ?=
 
-.PHONY: serve test lint gpu-check selfcheck clean
+.PHONY: serve proto test lint gpu-check selfcheck clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -e '.[dev]'
 	touch $@
 
+# The service on its built-in models (gabor, motion-energy): gRPC on 127.0.0.1:8001, metrics on
+# :8002. Flags and FOVEAL_* variables configure it: `$(BIN)/foveal serve --help`.
+SERVE_ARGS ?=
 serve: $(VENV)/.installed
-	$(BIN)/foveal selfcheck
+	$(BIN)/foveal serve $(SERVE_ARGS)
+
+# Regenerate proto/'s committed *_pb2.py/.pyi from the .proto sources (the one place that adapts
+# protoc's output: proto/generate.py). A test fails while they are out of date.
+proto: $(VENV)/.installed
+	$(BIN)/python -m foveal.proto.generate
 
 selfcheck: $(VENV)/.installed
 	$(BIN)/foveal selfcheck

@@ -1,0 +1,1 @@
+"""Generated protocol modules (see foveal.proto.generate); do not edit."""

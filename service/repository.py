@@ -1,0 +1,226 @@
+"""The model repository: which models to serve, read from a TOML file or the built-in list.
+
+    [[models]]
+    name = "gabor-small"          # how clients name it
+    kind = "gabor"                # gabor | motion-energy
+    weights = "weights.pt"        # kinds with trained weights only
+    device = "auto"               # auto | cpu | cuda | cuda:N
+    precision = "float32"         # float32 | float16 | bfloat16
+    outputs = ["simple", "energy"]    # outputs served (default: all the kind has)
+    default_outputs = ["energy"]      # returned when a request names none
+
+    [models.input]
+    size = [64, 64]               # height, width; omit (or [0, 0]) for any size
+    channels = 3
+    resize = true                 # resize other sizes to `size` (false: reject them)
+    frames = 16                   # clip length (video kinds)
+    mean = [0.5, 0.5, 0.5]        # normalisation after scaling uint8 to [0, 1]
+    std = [0.25, 0.25, 0.25]
+    max_pixels = 16777216         # largest height * width accepted
+
+    [models.batching]             # any key left out takes the server's flag value
+    max_batch_size = 8
+    max_queue_delay_ms = 2.0
+    max_queue_size = 256
+    timeout_ms = 30000
+
+Every error names the file, the model and the key, and unknown keys are errors (a typo should
+not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .models.base import InputSpec
+from .models.registry import BUILTIN_MODELS, KINDS
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+PRECISIONS = ("float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    max_batch_size: int = 8
+    max_queue_delay_ms: float = 2.0
+    max_queue_size: int = 256
+    timeout_ms: float = 30_000.0
+
+    def __post_init__(self):
+        for name in ("max_batch_size", "max_queue_size"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.max_queue_delay_ms, int | float) or self.max_queue_delay_ms < 0:
+            raise ValueError(f"max_queue_delay_ms must be >= 0, got {self.max_queue_delay_ms!r}")
+        if not isinstance(self.timeout_ms, int | float) or self.timeout_ms <= 0:
+            raise ValueError(f"timeout_ms must be > 0, got {self.timeout_ms!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    kind: str
+    input: InputSpec
+    weights: str | None = None
+    device: str = "auto"
+    precision: str = "float32"
+    outputs: tuple[str, ...] = ()
+    default_outputs: tuple[str, ...] = ()
+    batching: dict[str, Any] = field(default_factory=dict)  # overrides of the server's policy
+
+    def batch_policy(self, server_default: BatchPolicy) -> BatchPolicy:
+        return dataclasses.replace(server_default, **self.batching)
+
+
+def builtin_models() -> list[ModelConfig]:
+    return [ModelConfig(name, kind, KINDS[kind].default_input)
+            for name, kind in BUILTIN_MODELS.items()]
+
+
+_MODEL_KEYS = {"name", "kind", "weights", "device", "precision", "outputs", "default_outputs",
+               "input", "batching"}
+_INPUT_KEYS = {"size", "channels", "resize", "frames", "mean", "std", "max_pixels"}
+_BATCH_KEYS = {f.name for f in dataclasses.fields(BatchPolicy)}
+
+
+class RepositoryError(ValueError):
+    """The model repository file is unreadable or breaks a rule (the message says which)."""
+
+
+def _check_keys(where: str, table: dict, allowed: set[str]) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise RepositoryError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+
+
+def _strings(where: str, key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise RepositoryError(f"{where}: {key} must be a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def _input_spec(where: str, kind: str, table: Any) -> InputSpec:
+    if not isinstance(table, dict):
+        raise RepositoryError(f"{where}: input must be a table, got {table!r}")
+    _check_keys(f"{where}.input", table, _INPUT_KEYS)
+    base = KINDS[kind].default_input
+    changes: dict[str, Any] = {}
+    if "size" in table:
+        size = table["size"]
+        if (not isinstance(size, list) or len(size) != 2
+                or not all(type(s) is int and s >= 0 for s in size)):
+            raise RepositoryError(f"{where}.input: size must be [height, width] of integers >= 0, "
+                                  f"got {size!r}")
+        changes["height"], changes["width"] = size
+    for key in ("channels", "frames", "max_pixels"):
+        if key in table:
+            if type(table[key]) is not int or table[key] < 1:
+                raise RepositoryError(f"{where}.input: {key} must be a positive integer, "
+                                      f"got {table[key]!r}")
+            changes[key] = table[key]
+    if "frames" in changes and base.kind != "video":
+        raise RepositoryError(f"{where}.input: frames applies to video kinds only, not {kind}")
+    if "resize" in table:
+        if not isinstance(table["resize"], bool):
+            raise RepositoryError(f"{where}.input: resize must be true or false")
+        changes["resize"] = table["resize"]
+    for key in ("mean", "std"):
+        if key in table:
+            values = table[key]
+            if (not isinstance(values, list)
+                    or not all(isinstance(v, int | float) and not isinstance(v, bool)
+                               for v in values)):
+                raise RepositoryError(f"{where}.input: {key} must be a list of numbers")
+            changes[key] = tuple(float(v) for v in values)
+    spec = dataclasses.replace(base, **changes)
+    if spec.channels != 3:
+        raise RepositoryError(f"{where}.input: {kind} models take 3 channels (RGB), "
+                              f"got {spec.channels}")
+    for key in ("mean", "std"):
+        if len(getattr(spec, key)) != spec.channels:
+            raise RepositoryError(f"{where}.input: {key} needs one value per channel "
+                                  f"({spec.channels}), got {list(getattr(spec, key))}")
+    if any(s <= 0 for s in spec.std):
+        raise RepositoryError(f"{where}.input: std values must be > 0, got {list(spec.std)}")
+    if (spec.height > 0) != (spec.width > 0):
+        raise RepositoryError(f"{where}.input: size must give both height and width or neither")
+    if base.kind == "video" and not spec.fixed_size:
+        raise RepositoryError(f"{where}.input: video models need a size")
+    return spec
+
+
+def _model(where: str, table: Any, base_dir: Path) -> ModelConfig:
+    if not isinstance(table, dict):
+        raise RepositoryError(f"{where}: each [[models]] entry must be a table")
+    _check_keys(where, table, _MODEL_KEYS)
+    for key in ("name", "kind"):
+        if not isinstance(table.get(key), str) or not table[key]:
+            raise RepositoryError(f"{where}: {key} is required and must be a non-empty string")
+    name, kind = table["name"], table["kind"]
+    where = f"{where} ({name})"
+    if kind not in KINDS:
+        raise RepositoryError(f"{where}: unknown kind {kind!r}; known kinds: {sorted(KINDS)}")
+    precision = table.get("precision", "float32")
+    if precision not in PRECISIONS:
+        raise RepositoryError(f"{where}: precision must be one of {PRECISIONS}, "
+                              f"got {precision!r}")
+    device = table.get("device", "auto")
+    if not isinstance(device, str) or not (device in ("auto", "cpu", "cuda")
+                                           or device.startswith("cuda:")):
+        raise RepositoryError(f"{where}: device must be auto, cpu, cuda or cuda:N, "
+                              f"got {device!r}")
+    weights = table.get("weights")
+    if weights is not None:
+        if not isinstance(weights, str):
+            raise RepositoryError(f"{where}: weights must be a file path")
+        if not KINDS[kind].takes_weights:
+            raise RepositoryError(f"{where}: {kind} models are analytic and take no weights")
+        path = (base_dir / weights).resolve()
+        if not path.is_file():
+            raise RepositoryError(f"{where}: weights file {str(path)!r} does not exist")
+        weights = str(path)
+    batching = table.get("batching", {})
+    if not isinstance(batching, dict):
+        raise RepositoryError(f"{where}: batching must be a table")
+    _check_keys(f"{where}.batching", batching, _BATCH_KEYS)
+    try:
+        BatchPolicy(**{**dataclasses.asdict(BatchPolicy()), **batching})
+    except ValueError as err:
+        raise RepositoryError(f"{where}.batching: {err}") from None
+    return ModelConfig(
+        name=name, kind=kind, input=_input_spec(where, kind, table.get("input", {})),
+        weights=weights, device=device, precision=precision,
+        outputs=_strings(where, "outputs", table.get("outputs", [])),
+        default_outputs=_strings(where, "default_outputs", table.get("default_outputs", [])),
+        batching=dict(batching))
+
+
+def load_repository(path: str | Path) -> list[ModelConfig]:
+    """Read and validate a TOML model repository; relative weight paths are from its folder."""
+    path = Path(path)
+    try:
+        document = tomllib.loads(path.read_text())
+    except OSError as err:
+        raise RepositoryError(f"cannot read model repository {str(path)!r}: {err}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise RepositoryError(f"{path}: not valid TOML: {err}") from None
+    _check_keys(str(path), document, {"models"})
+    entries = document.get("models")
+    if not isinstance(entries, list) or not entries:
+        raise RepositoryError(f"{path}: needs at least one [[models]] entry")
+    models = [_model(f"{path}: models[{i}]", entry, path.parent)
+              for i, entry in enumerate(entries)]
+    names = [m.name for m in models]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise RepositoryError(f"{path}: model names must be unique; repeated: {duplicates}")
+    return models
