@@ -36,9 +36,11 @@ from .epilogue import NO_EPILOGUE, Epilogue
 from .tensors import needs_int64
 from .tl_helpers import epilogue_store, mma
 
-_KEY = ["BATCH", "C_G", "COUT_G", "IN_D", "IN_H", "IN_W", "OUT_D", "OUT_H", "OUT_W",
-        "IN_MUL_D", "IN_MUL_H", "IN_MUL_W", "KD", "KH", "KW", "N_PHASES", "MAX_TAPS",
-        "sx_c", "sy_c", "sw_out", "sw_in", "TAP_MAJOR", "DIRECT", "ACTIVATION", "HAS_RESIDUAL"]
+# Output rows enter the key as a power-of-two bucket (ROWS_BUCKET), so a server seeing batch
+# sizes 5, 6 and 7 tunes once, not three times, and the memory layouts as LAYOUT bits (which
+# operand has unit channel stride); everything else that shapes the best tile enters as is.
+_KEY = ["ROWS_BUCKET", "LAYOUT", "C_G", "COUT_G", "IN_MUL_D", "IN_MUL_H", "IN_MUL_W", "KD", "KH",
+        "KW", "N_PHASES", "MAX_TAPS", "TAP_MAJOR", "DIRECT", "ACTIVATION", "HAS_RESIDUAL"]
 
 
 def _prune(configs, args):
@@ -77,7 +79,7 @@ def igemm_kernel(
     IN_D, IN_H, IN_W, OUT_D, OUT_H, OUT_W, J_D, J_H, J_W,
     IN_MUL_D, IN_MUL_H, IN_MUL_W, OUT_MUL_D, OUT_MUL_H, OUT_MUL_W,
     KD, KH, KW, DIL_D, DIL_H, DIL_W, PAD_D, PAD_H, PAD_W,
-    N_PHASES, MAX_TAPS,
+    N_PHASES, MAX_TAPS, ROWS_BUCKET, LAYOUT,
     sx_n, sx_c, sx_d, sx_h, sx_w,
     sw_group, sw_out, sw_in, sw_kd, sw_kh, sw_kw,
     sy_n, sy_c, sy_d, sy_h, sy_w,
@@ -247,6 +249,11 @@ def fp32_convolutions_use_tf32() -> bool:
     return bool(cudnn.allow_tf32)
 
 
+def layout_bits(*channel_strides: int) -> int:
+    """One bit per operand: set where its channel stride is 1 (channels_last-like)."""
+    return sum(1 << i for i, stride in enumerate(channel_strides) if stride == 1)
+
+
 def _tap_major(channels_per_group: int) -> bool:
     return channels_per_group % 16 == 0 or channels_per_group >= 64
 
@@ -282,7 +289,9 @@ def launch_igemm(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, *, gr
         x, weight, bias if bias is not None else out, res, out,
         preact if preact is not None else out, taps, counts, residues,
         batch, c_g, cout_g, *x.shape[2:], *out_size, *extents, *in_mul, *out_mul,
-        *kernel, *dilation, *padding, n_phases, max_taps, *x.stride(), *weight.stride(),
+        *kernel, *dilation, *padding, n_phases, max_taps, triton.next_power_of_2(rows),
+        layout_bits(x.stride(1), out.stride(1), weight.stride(1), weight.stride(2)),
+        *x.stride(), *weight.stride(),
         *out.stride(), *(res.stride() if residual is not None else (0,) * 5), epilogue.alpha,
         ACTIVATION=int(epilogue.activation), HAS_BIAS=bias is not None,
         HAS_RESIDUAL=residual is not None, STORE_PREACT=preact is not None,

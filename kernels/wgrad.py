@@ -20,12 +20,12 @@ import triton.language as tl
 
 from .autotune import autotuned, prune_tiles
 from .backend import INTERPRETED
-from .igemm import input_precision, tap_plan
+from .igemm import input_precision, layout_bits, tap_plan
 from .tensors import needs_int64
 from .tl_helpers import mma
 
-_KEY = ["BATCH", "C_G", "COUT_G", "IN_D", "IN_H", "IN_W", "OUT_D", "OUT_H", "OUT_W",
-        "STRIDE_D", "STRIDE_H", "STRIDE_W", "N_TAPS", "K_PER_SPLIT", "sdy_c", "sx_c"]
+# The reduction length enters the key as a power-of-two bucket, as in igemm.
+_KEY = ["C_G", "COUT_G", "STRIDE_D", "STRIDE_H", "STRIDE_W", "N_TAPS", "SPLIT_BUCKET", "LAYOUT"]
 
 
 def _prune(configs, args):
@@ -38,7 +38,7 @@ def _prune(configs, args):
 def wgrad_kernel(
     dy_ptr, x_ptr, part_ptr, taps_ptr,
     BATCH, C_G, COUT_G, IN_D, IN_H, IN_W, OUT_D, OUT_H, OUT_W,
-    STRIDE_D, STRIDE_H, STRIDE_W, N_TAPS, K_PER_SPLIT,
+    STRIDE_D, STRIDE_H, STRIDE_W, N_TAPS, K_PER_SPLIT, SPLIT_BUCKET, LAYOUT,
     sdy_n, sdy_c, sdy_d, sdy_h, sdy_w,
     sx_n, sx_c, sx_d, sx_h, sx_w,
     sp_split, sp_group, sp_out, sp_in, sp_tap,
@@ -135,7 +135,8 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, weight_shape: tuple[int, ...]
                          groups * n_taps, splits)
     wgrad_kernel[grid](
         dy, x, part, taps, batch, c_g, cout_g, *x.shape[2:], *dy.shape[2:], *stride, n_taps,
-        per_split, *dy.stride(), *x.stride(), *part.stride(),
+        per_split, triton.next_power_of_2(per_split), layout_bits(dy.stride(1), x.stride(1)),
+        *dy.stride(), *x.stride(), *part.stride(),
         INPUT_PRECISION=input_precision(x.dtype), UPCAST=INTERPRETED and x.dtype != torch.float64,
         INT64=needs_int64(dy, x), IS_FP64=x.dtype == torch.float64,
     )
