@@ -153,6 +153,26 @@ class DynamicBatcher:
         self.metrics.queue_depth.labels(self.model.name).set(len(kept))
         return batch
 
+    async def warm_up(self) -> list[int]:
+        """Run each power-of-two batch size up to max_batch_size once on the worker thread.
+
+        The kernels' autotuning keys bucket output rows by powers of two, so these sizes tune
+        every bucket any batch can fall into: no request pays for compiling and tuning. Returns
+        the sizes run (none for a model without a fixed input size).
+        """
+        shape = self.model.item_shape()
+        if shape is None:
+            return []
+        limit = self.policy.max_batch_size
+        sizes = sorted({min(1 << i, limit) for i in range(limit.bit_length() + 1)})
+        generator = torch.Generator().manual_seed(0)
+        loop = asyncio.get_running_loop()
+        for size in sizes:
+            items = [torch.randn(shape, generator=generator) for _ in range(size)]
+            await loop.run_in_executor(self._executor, self._compute, items,
+                                       frozenset(self.model.outputs))
+        return sizes
+
     def _compute(self, tensors: list[torch.Tensor], outputs: frozenset[str]) -> list[ItemResult]:
         """Runs in the worker thread: one forward for the whole batch, split back per item."""
         model = self.model

@@ -97,6 +97,9 @@ KNOBS = (
     Knob("no-reflection", False, "do not serve gRPC server reflection", _flag),
     Knob("preprocess-threads", min(4, os.cpu_count() or 1), "threads decoding and resizing "
          "inputs", _positive_int),
+    Knob("warmup", "auto", "before serving, run each model once per power-of-two batch size so "
+         "the kernels are compiled and tuned: auto (when Triton runs on a GPU), on or off",
+         choices=("auto", "on", "off")),
     Knob("log-format", "json", "log lines as json or text", choices=("json", "text")),
     Knob("log-level", "info", "debug logs every request and batch",
          choices=("debug", "info", "warning", "error")),
@@ -173,7 +176,7 @@ def settings_from(values: dict[str, Any]):
         tls_cert=values["tls-cert"], tls_key=values["tls-key"],
         tls_client_ca=values["tls-client-ca"], auth_token=token or None,
         grace_seconds=values["grace-s"], reflection=not values["no-reflection"],
-        preprocess_threads=values["preprocess-threads"])
+        preprocess_threads=values["preprocess-threads"], warmup=values["warmup"])
 
 
 def run(args: argparse.Namespace) -> int:

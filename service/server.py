@@ -34,6 +34,7 @@ from .state import Served, ServingState
 log = logging.getLogger("foveal.service")
 MIB = 1024 * 1024
 BACKENDS = ("auto", "triton", "torch")
+WARMUP_CHOICES = ("auto", "on", "off")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -54,6 +55,7 @@ class ServerSettings:
     grace_seconds: float = 30.0
     reflection: bool = True
     preprocess_threads: int = 4
+    warmup: str = "auto"                       # auto (Triton on a GPU) | on | off
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -62,6 +64,8 @@ class ServerSettings:
             raise ValueError("TLS needs both a certificate and a key")
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("a client CA (mutual TLS) needs TLS: give a certificate and key")
+        if self.warmup not in WARMUP_CHOICES:
+            raise ValueError(f"warmup must be one of {WARMUP_CHOICES}, got {self.warmup!r}")
         if self.max_message_bytes < 1024:
             raise ValueError(f"max_message_bytes must be at least 1024, "
                              f"got {self.max_message_bytes}")
@@ -167,6 +171,8 @@ class FeatureServer:
         for s in served.values():
             s.batcher.start()
         await server.start()
+        if settings.warmup == "on" or (settings.warmup == "auto" and running == "triton"):
+            await self._warm_up(served)
         if settings.metrics_port is not None:
             self._metrics_server = await serve_metrics(self.metrics, settings.host,
                                                        settings.metrics_port)
@@ -178,6 +184,16 @@ class FeatureServer:
             "tls": bool(settings.tls_cert), "mutual_tls": bool(settings.tls_client_ca),
             "auth_token": bool(settings.auth_token), "models": list(served),
             "version": __version__}})
+
+    async def _warm_up(self, served: dict[str, Served]) -> None:
+        """Compile and tune every model's kernels while health still says NOT_SERVING, so no
+        request pays Triton's first-launch cost (seconds per layer and batch-size bucket)."""
+        loop = asyncio.get_running_loop()
+        for name, s in served.items():
+            start = loop.time()
+            sizes = await s.batcher.warm_up()
+            log.info("warm-up", extra={"fields": {"model": name, "batch_sizes": sizes,
+                                                  "seconds": round(loop.time() - start, 3)}})
 
     def _enable_reflection(self, server: grpc.aio.Server) -> None:
         try:
