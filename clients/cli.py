@@ -15,6 +15,8 @@ from collections.abc import Sequence
 COMMAND_MODULES = (
     "foveal.clients.cmd_shapes",
     "foveal.clients.cmd_selfcheck",
+    "foveal.clients.cmd_bench",
+    "foveal.clients.cmd_profile",
 )
 
 
