@@ -75,21 +75,21 @@ def _version(module_name: str) -> str | None:
 
 
 def describe_device(device: torch.device) -> dict[str, Any]:
-    if device.type != "cuda":
-        return {"device": f"CPU ({platform.processor() or platform.machine() or 'unknown'})",
-                "device_type": device.type, "cpu_count": os.cpu_count()}
-    props = torch.cuda.get_device_properties(device)
-    return {
-        "device": props.name,
-        "device_type": "cuda",
-        "capability": f"{props.major}.{props.minor}",
-        "multiprocessors": props.multi_processor_count,
-        "memory_bytes": props.total_memory,
-        "l2_cache_bytes": getattr(props, "L2_cache_size", None),
-        "driver": driver_version(),
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version(),
+    """The device's name and properties; GPU-only fields are None on a CPU."""
+    described: dict[str, Any] = {
+        "device": f"CPU ({platform.processor() or platform.machine() or 'unknown'})",
+        "device_type": device.type, "capability": None, "multiprocessors": None,
+        "memory_bytes": None, "l2_cache_bytes": None, "driver": None,
+        "cuda": torch.version.cuda, "cudnn": None, "cpu_count": os.cpu_count(),
     }
+    if device.type != "cuda":
+        return described
+    props = torch.cuda.get_device_properties(device)
+    return {**described, "device": props.name,
+            "capability": f"{props.major}.{props.minor}",
+            "multiprocessors": props.multi_processor_count, "memory_bytes": props.total_memory,
+            "l2_cache_bytes": getattr(props, "L2_cache_size", None), "driver": driver_version(),
+            "cudnn": torch.backends.cudnn.version()}
 
 
 def environment(device: torch.device) -> dict[str, Any]:

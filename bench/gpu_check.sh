@@ -1,26 +1,31 @@
 #!/usr/bin/env bash
 # `make gpu-check`: the GPU tests, the kernel self-check and the benchmark, on a lent GPU.
 #
-# Phases (GPU_CHECK_PHASES, default all, in this order):
-#   tests      pytest -m gpu: the kernel comparisons at real layer sizes
-#   selfcheck  foveal selfcheck in fp16, bf16 and fp32
-#   bench      device ceilings, then every full workload, fp16 + bf16, forward + backward
-#   compile    torch.compile (max-autotune kernels) on a few representative layers
-# Every phase has a time budget, so the whole check fits in 25 minutes on one H100 and each
-# phase alone in 10. Output goes to $OUT when set, else bench/out/: gpu_check.log (every
-# phase's output) plus one JSON and one plot per benchmark phase (5 files, 1 folder level).
+# Phases (GPU_CHECK_PHASES, default all, in this order), each with a time limit so the whole
+# check fits in 25 minutes on one H100 and each phase alone in 10 minutes:
+#   tests      pytest -m gpu: the kernel comparisons at real layer sizes        (5.5 min)
+#   selfcheck  foveal selfcheck in fp16, bf16 and fp32                          (2 min)
+#   forward    device ceilings, then every full workload forward, fp16 + bf16   (7 min)
+#   backward   device ceilings, then every full workload backward, fp16 + bf16  (6 min)
+#   compile    torch.compile (max-autotune kernels) on a few representative layers (4 min)
+# A benchmark phase stops starting new cases shortly before its limit and reports the rest as
+# skipped. Output goes to $OUT when set, else bench/out/ (at most 7 files, no sub-folders):
+# gpu_check.log (every phase's output) and one JSON and one plot per benchmark phase.
 # Result JSON from a GPU is also copied into bench/results/ as DATE_DEVICE_LABEL.json; commit
 # it and run `python -m foveal.bench.results_page` to update bench/README.md.
+# The commit measured is recorded from git, or from FOVEAL_GIT_COMMIT where the tree was
+# copied without git metadata.
 # Exit status: 0 when every phase passed, 1 otherwise (every phase runs regardless).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
 OUT_DIR="${OUT:-bench/out}"
-PHASES="${GPU_CHECK_PHASES:-tests selfcheck bench compile}"
+ALL_PHASES="tests selfcheck forward backward compile"
+PHASES="${GPU_CHECK_PHASES:-$ALL_PHASES}"
 LOG="$OUT_DIR/gpu_check.log"
 BENCH_SUITE="${BENCH_SUITE:-full}"  # "smoke" to try the script on a machine without a GPU
-COMPILE_WORKLOADS="${COMPILE_WORKLOADS:-resnet50.layer1.0.conv2 resnet50.layer3.1.conv3 resnext50.layer2.1.conv2 r3d18.layer2.0.conv2.0}"
+COMPILE_WORKLOADS="${COMPILE_WORKLOADS:-resnet50.layer1.0.conv2 resnet50.layer3.1.conv3 resnext50.layer2.1.conv2}"
 mkdir -p "$OUT_DIR" bench/results
 : > "$LOG"
 
@@ -64,28 +69,33 @@ keep_result() {
     fi
 }
 
+# bench_phase LABEL LIMIT_SECONDS BUDGET_MINUTES ARGS...: one `foveal bench` run, kept.
+bench_phase() {
+    local label="$1" limit="$2" budget="$3"
+    shift 3
+    local json="$OUT_DIR/${label}-${DATE}-${DEVICE}.json"
+    run_phase "$label" "$limit" "$PYTHON" -m foveal.clients.cli bench --label "$label" \
+        --max-minutes "$budget" --plain --json "$json" \
+        --plot "$OUT_DIR/${label}-${DATE}-${DEVICE}.png" "$@"
+    keep_result "$json" "$label"
+}
+
 for phase in $PHASES; do
     case "$phase" in
         tests)
-            run_phase tests 480 "$PYTHON" -m pytest -m gpu -q -rA -p no:cacheprovider ;;
+            run_phase tests 330 "$PYTHON" -m pytest -m gpu -q -rA -p no:cacheprovider ;;
         selfcheck)
-            run_phase selfcheck 180 "$PYTHON" -m foveal.clients.cli selfcheck ;;
-        bench)
-            json="$OUT_DIR/bench-${DATE}-${DEVICE}.json"
-            run_phase bench 570 "$PYTHON" -m foveal.clients.cli bench --suite "$BENCH_SUITE" --backward \
-                --max-minutes 7.5 --label bench --plain --json "$json" \
-                --plot "$OUT_DIR/bench-${DATE}-${DEVICE}.png"
-            keep_result "$json" bench ;;
+            run_phase selfcheck 120 "$PYTHON" -m foveal.clients.cli selfcheck ;;
+        forward)
+            bench_phase forward 420 5.5 --suite "$BENCH_SUITE" ;;
+        backward)
+            bench_phase backward 360 4.5 --suite "$BENCH_SUITE" --backward --no-forward ;;
         compile)
-            json="$OUT_DIR/compile-${DATE}-${DEVICE}.json"
             # shellcheck disable=SC2086  # the workload list is meant to split into names
-            run_phase compile 300 "$PYTHON" -m foveal.clients.cli bench --compile \
-                --workloads $COMPILE_WORKLOADS --dtype float16 --max-minutes 3 \
-                --label compile --plain --json "$json" \
-                --plot "$OUT_DIR/compile-${DATE}-${DEVICE}.png"
-            keep_result "$json" compile ;;
+            bench_phase compile 240 2.5 --compile --workloads $COMPILE_WORKLOADS \
+                --dtype float16 ;;
         *)
-            echo "gpu_check: unknown phase '$phase' (known: tests selfcheck bench compile)" | tee -a "$LOG"
+            echo "gpu_check: unknown phase '$phase' (known: $ALL_PHASES)" | tee -a "$LOG"
             FAILED=1 ;;
     esac
 done

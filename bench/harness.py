@@ -115,14 +115,25 @@ class BenchReport:
 
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """||out - ref|| / ||ref||, in float64; NaN or inf anywhere gives inf."""
+    """||out - ref|| / ||ref||, in float64; NaN or inf anywhere, or a wrong shape, gives inf."""
     if tuple(out.shape) != tuple(ref.shape):
-        raise ValueError(f"output shape {tuple(out.shape)} != reference {tuple(ref.shape)}")
+        return math.inf
     out64 = out.detach().to(device=ref.device, dtype=torch.float64)
     if not bool(torch.isfinite(out64).all()):
         return math.inf
     scale = torch.linalg.vector_norm(ref).item()
     return torch.linalg.vector_norm(out64 - ref).item() / max(scale, 1e-300)
+
+
+def _mismatch(pairs: Mapping[str, tuple[torch.Tensor, torch.Tensor]], tolerance: float) -> str:
+    """Why outputs failed the check: a wrong shape, or their relative errors."""
+    problems = []
+    for name, (out, ref) in pairs.items():
+        if tuple(out.shape) != tuple(ref.shape):
+            problems.append(f"{name} shape {tuple(out.shape)} != reference {tuple(ref.shape)}")
+        elif not (error := relative_error(out, ref)) <= tolerance:
+            problems.append(f"{name} relative error {error:.3g} > tolerance {tolerance:.0e}")
+    return "; ".join(problems) + ": not timed"
 
 
 def _to_float64(inputs: Inputs, requires_grad: bool = False) -> Inputs:
@@ -186,13 +197,12 @@ class _Runner:
             out = fn(sets[0])
             synchronize(self.device)
             error = relative_error(out, ref)
-            del out
             result = VariantResult("ok", error, {"output": error}, tolerance)
             if not error <= tolerance:
                 result.status = "wrong"
-                result.message = (f"relative error {error:.3g} > tolerance {tolerance:.0e}: "
-                                  "not timed")
+                result.message = _mismatch({"output": (out, ref)}, tolerance)
                 return result
+            del out
             result.peak_memory_bytes = peak_memory(lambda: fn(sets[0]), self.device)
             rotation = itertools.cycle(sets)
             result.timing = self.timer(lambda: fn(next(rotation)))
@@ -215,14 +225,14 @@ class _Runner:
                          * sets[0]["input"].element_size(), self.device)
         grads = step(graphs[0])
         synchronize(self.device)
-        errors = {f"grad_{name}": relative_error(g, ref_grads[name])
-                  for name, g in zip(ref_grads, grads, strict=True)}
+        pairs = {f"grad_{name}": (g, ref_grads[name])
+                 for name, g in zip(ref_grads, grads, strict=True)}
+        errors = {name: relative_error(*pair) for name, pair in pairs.items()}
         worst = max(errors.values())
         result = VariantResult("ok", worst, errors, tolerance)
         if not worst <= tolerance:
             result.status = "wrong"
-            bad = ", ".join(f"{k} {v:.3g}" for k, v in errors.items() if not v <= tolerance)
-            result.message = f"relative error {bad} > tolerance {tolerance:.0e}: not timed"
+            result.message = _mismatch(pairs, tolerance)
             return result
         del grads
         result.peak_memory_bytes = peak_memory(lambda: step(graphs[0]), self.device)
@@ -275,11 +285,12 @@ ProgressFn = Callable[[int, int, CaseResult], None]
 
 
 def plan(workloads: Sequence[Workload], settings: Settings) -> list[tuple[Workload, str, str]]:
-    """The (workload, dtype, direction) cases of a run, in order."""
+    """The (workload, dtype, direction) cases of a run: every forward case first, so a time
+    budget that runs out cuts backward cases before any forward one."""
     directions = [d for d, on in (("forward", settings.forward),
                                   ("backward", settings.backward)) if on]
-    return [(w, dtype, direction) for w in workloads for dtype in (settings.dtypes or w.dtypes)
-            for direction in directions]
+    return [(w, dtype, direction) for direction in directions for w in workloads
+            for dtype in (settings.dtypes or w.dtypes)]
 
 
 def check_workloads(workloads: Sequence[Workload],

@@ -69,6 +69,9 @@ class OpAdapter:
         return {}
 
 
+REQUIRED = object()  # marks an adapter argument without a default
+
+
 def _fail(workload: Workload, message: str) -> WorkloadError:
     return WorkloadError(f"workload {workload.name!r} ({workload.op}): {message}")
 
@@ -81,7 +84,7 @@ class ConvAdapter(OpAdapter):
     """conv1d / conv2d / conv3d with the fused epilogue (bias, residual, activation)."""
 
     FIELDS: Mapping[str, Any] = {
-        "in_channels": None, "out_channels": None, "size": None, "kernel": None,
+        "in_channels": REQUIRED, "out_channels": REQUIRED, "size": REQUIRED, "kernel": REQUIRED,
         "stride": 1, "padding": 0, "dilation": 1, "groups": 1, "bias": True,
         "activation": None, "residual": False,
     }
@@ -95,7 +98,7 @@ class ConvAdapter(OpAdapter):
         if unknown:
             raise _fail(workload, f"unknown argument(s) {sorted(unknown)}; {self.name} takes "
                                   f"{sorted(self.FIELDS)}")
-        missing = [k for k, v in self.FIELDS.items() if v is None and k not in workload.args]
+        missing = [k for k, v in self.FIELDS.items() if v is REQUIRED and k not in workload.args]
         if missing:
             raise _fail(workload, f"missing argument(s) {missing}")
         return {**self.FIELDS, **workload.args}

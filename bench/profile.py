@@ -128,8 +128,11 @@ def _timing(value: Any) -> tuple[float | None, float | None, float | None]:
 
 
 def summarize_tuning(launch: Launch, configs: Sequence[Any], timings: dict | None,
-                     chosen: Any) -> None:
-    """Fill `launch.candidates`/`pruned` from the autotuner's state after its run."""
+                     chosen: Any, cache_hit: bool = False) -> None:
+    """Fill `launch.candidates`/`pruned` from the autotuner's state after its run.
+
+    `cache_hit`: the key was tuned earlier in this process, so nothing was measured now.
+    """
     considered = list(timings) if timings else ([chosen] if chosen is not None else [])
     chosen_dict = config_dict(chosen) if chosen is not None else None
     for config in considered:
@@ -144,11 +147,14 @@ def summarize_tuning(launch: Launch, configs: Sequence[Any], timings: dict | Non
         kernels = [k for kwargs, k in launch._runs if _matches(data, kwargs)]
         candidate.resources = resources_of(kernels[-1]) if kernels else None
         launch.candidates.append(candidate)
+    if cache_hit:
+        launch.note = "tuned earlier in this process for the same key: timings not repeated"
+        return
     kept = [c.config for c in launch.candidates]
     launch.pruned = [config_dict(c) for c in configs if config_dict(c) not in kept]
     if not timings:
-        launch.note = ("a single candidate: nothing to tune" if len(considered) <= 1
-                       else "not benchmarked")
+        launch.note = ("a single config: nothing to tune" if len(configs) <= 1
+                       else "pruned to a single candidate: nothing to tune")
 
 
 # -- observing launches ------------------------------------------------------------------------
@@ -201,14 +207,18 @@ class _Observer:
             launch = Launch(name, autotuned=True, key={**key, "dtypes": dtypes})
             tuner.configs_timings = None  # so timings seen afterwards belong to this launch
             self._active.append(launch)
+            cached_keys = len(tuner.cache)
             start = time.perf_counter()
             try:
                 return original(*args, **kwargs)
             finally:
                 self._active.pop()
                 launch.tuning_seconds = time.perf_counter() - start
-                summarize_tuning(launch, tuner.configs, getattr(tuner, "configs_timings", None),
-                                 getattr(tuner, "best_config", None))
+                timings = getattr(tuner, "configs_timings", None)
+                cache_hit = len(tuner.configs) > 1 and not timings and (
+                    len(tuner.cache) == cached_keys)
+                summarize_tuning(launch, tuner.configs, timings,
+                                 getattr(tuner, "best_config", None), cache_hit)
                 self.launches.append(launch)
 
         self._patch(tuner, run)
@@ -223,7 +233,7 @@ class _Observer:
             else:  # a plain (not autotuned) kernel: one launch, its own resources
                 config = {k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs}
                 launch = Launch(name, autotuned=False)
-                launch.candidates.append(Candidate(config, chosen=True,
+                launch.candidates.append(Candidate(config, status="not autotuned", chosen=True,
                                                    resources=resources_of(kernel)))
                 self.launches.append(launch)
             return kernel
@@ -298,12 +308,30 @@ def profile_op(adapter: OpAdapter, workload: Workload, dtype: str, device: torch
                          launches=observer.launches)
 
 
-def ncu_command(profile_args: Sequence[str]) -> str:
-    """The Nsight Compute command that profiles the final call of `foveal profile ARGS`."""
-    args = [a for a in profile_args if a != "--ncu"]
+def _format_value(value: Any) -> str:
+    """The inverse of workloads.parse_value: [56, 56] -> 56x56, True -> true."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "none"
+    if isinstance(value, list | tuple):
+        return "x".join(str(v) for v in value)
+    return str(value)
+
+
+def ncu_command(workload: Workload, dtype: str, *, backward: bool = False,
+                device: str | None = None) -> str:
+    """The Nsight Compute command that profiles this layer's final call (NVTX range)."""
+    args = ["profile", workload.op, "--batch", str(workload.batch), "--dtype", dtype,
+            "--layout", workload.layout, "--shape",
+            *(f"{k}={_format_value(v)}" for k, v in workload.args.items())]
+    if backward:
+        args.append("--backward")
+    if device:
+        args += ["--device", device]
     return shlex.join(["ncu", "--nvtx", "--nvtx-include", f"{NVTX_RANGE}/", "--set", "full",
                        "-f", "-o", "foveal_profile", sys.executable, "-m", "foveal.clients.cli",
-                       "profile", *args])
+                       *args])
 
 
 # -- text output -------------------------------------------------------------------------------

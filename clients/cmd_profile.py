@@ -107,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     if args.ncu:
         print("\nNsight Compute (profiles only the final call, inside NVTX range "
               "'foveal_profile'):")
-        print("  " + ncu_command(sys.argv[2:] if len(sys.argv) > 2 else []))
+        print("  " + ncu_command(workload, workload.dtypes[0], backward=args.backward,
+                                 device=args.device))
         if device.type != "cuda":
             print("  (needs a CUDA GPU and Nsight Compute; this machine has no GPU)")
     return 0
