@@ -191,9 +191,9 @@ class _Runner:
 
     # -- one variant -----------------------------------------------------------------------
     def forward(self, fn: OpFunction, sets: list[Inputs], ref: torch.Tensor,
-                tolerance: float) -> VariantResult:
+                tolerance: float, itemsize: int) -> VariantResult:
         with torch.no_grad():
-            poison_allocator(ref.numel() * sets[0]["input"].element_size(), self.device)
+            poison_allocator(ref.numel() * itemsize, self.device)
             out = fn(sets[0])
             synchronize(self.device)
             error = relative_error(out, ref)
@@ -209,7 +209,8 @@ class _Runner:
         return result
 
     def backward(self, fn: OpFunction, sets: list[Inputs], grads_out: list[torch.Tensor],
-                 ref_grads: dict[str, torch.Tensor], tolerance: float) -> VariantResult:
+                 ref_grads: dict[str, torch.Tensor], tolerance: float,
+                 itemsize: int) -> VariantResult:
         graphs = []
         for inputs, grad_out in zip(sets, grads_out, strict=True):
             leaves = as_leaves(inputs)
@@ -221,8 +222,7 @@ class _Runner:
             out, wrt, grad_out = graph or next(rotation)
             return torch.autograd.grad(out, wrt, grad_out, retain_graph=True)
 
-        poison_allocator(max(g.numel() for g in ref_grads.values())
-                         * sets[0]["input"].element_size(), self.device)
+        poison_allocator(max(g.numel() for g in ref_grads.values()) * itemsize, self.device)
         grads = step(graphs[0])
         synchronize(self.device)
         pairs = {f"grad_{name}": (g, ref_grads[name])
@@ -247,6 +247,7 @@ class _Runner:
         cost = adapter.cost(workload, dtype, backward=direction == "backward")
         case = CaseResult(workload, dtype_name, direction, cost.flops, cost.bytes)
         tolerance = TOLERANCE[dtype_name]
+        itemsize = torch.empty((), dtype=dtype).element_size()
         torch.manual_seed(self.settings.seed)
         try:
             first = adapter.make_inputs(workload, dtype, self.device)
@@ -256,7 +257,7 @@ class _Runner:
             if direction == "forward":
                 with torch.no_grad():
                     ref = adapter.reference(workload, _to_float64(first))
-                measure = lambda fn: self.forward(fn, sets, ref, tolerance)
+                measure = lambda fn: self.forward(fn, sets, ref, tolerance, itemsize)
             else:
                 ref64_inputs = _to_float64(first, requires_grad=True)
                 ref_out = adapter.reference(workload, ref64_inputs)
@@ -267,7 +268,8 @@ class _Runner:
                 ref_grads = dict(zip(wrt, torch.autograd.grad(
                     ref_out, list(wrt.values()), grads_out[0].double()), strict=True))
                 del ref_out, like
-                measure = lambda fn: self.backward(fn, sets, grads_out, ref_grads, tolerance)
+                measure = lambda fn: self.backward(fn, sets, grads_out, ref_grads, tolerance,
+                                                   itemsize)
         except Exception as err:  # inputs or reference failed: nothing can be checked
             case.message = f"could not prepare the case: {_describe(err)}"
             case.variants[FOVEAL] = VariantResult("error", message=case.message)
