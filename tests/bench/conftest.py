@@ -29,3 +29,10 @@ def smoke_report(smoke_workloads):
 @pytest.fixture(scope="session")
 def smoke_document(smoke_report):
     return to_json(smoke_report)
+
+
+@pytest.fixture(scope="session")
+def small_document(smoke_workloads):
+    """A quick forward-only run of two smoke workloads, for tests of what renders results."""
+    chosen = select(smoke_workloads, names=["smoke.conv1d", "smoke.conv2d.grouped"])
+    return to_json(run_benchmark(chosen, Settings(device=torch.device("cpu"))))

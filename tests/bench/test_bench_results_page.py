@@ -41,8 +41,8 @@ def _section(readme) -> str:
     return text.split(results_page.BEGIN)[1].split(results_page.END)[0]
 
 
-def test_page_shows_the_measured_table(tmp_path, smoke_document):
-    sample = _as_gpu_run(smoke_document)
+def test_page_shows_the_measured_table(tmp_path, small_document):
+    sample = _as_gpu_run(small_document)
     readme, results = _generate(tmp_path, sample)
     text = readme.read_text()
     assert text.startswith("# Benchmarks\n\nintro") and text.endswith("\n\nfooter\n")
@@ -65,11 +65,11 @@ def test_page_shows_the_measured_table(tmp_path, smoke_document):
     assert results_page.main(check) == 1
 
 
-def test_latest_run_per_device_and_label(tmp_path, smoke_document):
-    old = _as_gpu_run(smoke_document, date="2026-01-01T00:00:00+00:00")
-    new = _as_gpu_run(smoke_document, date="2026-02-01T00:00:00+00:00")
-    compiled = _as_gpu_run(smoke_document, date="2026-01-15T00:00:00+00:00", label="compile")
-    other = _as_gpu_run(smoke_document, device="Other GPU", date="2025-12-01T00:00:00+00:00")
+def test_latest_run_per_device_and_label(tmp_path, small_document):
+    old = _as_gpu_run(small_document, date="2026-01-01T00:00:00+00:00")
+    new = _as_gpu_run(small_document, date="2026-02-01T00:00:00+00:00")
+    compiled = _as_gpu_run(small_document, date="2026-01-15T00:00:00+00:00", label="compile")
+    other = _as_gpu_run(small_document, device="Other GPU", date="2025-12-01T00:00:00+00:00")
     readme, _ = _generate(tmp_path, new, old, compiled, other)
     headings = [line for line in _section(readme).splitlines() if line.startswith("### ")]
     assert headings == ["### Other GPU: bench, 2025-12-01T00:00:00+00:00",
@@ -77,8 +77,8 @@ def test_latest_run_per_device_and_label(tmp_path, smoke_document):
                         "### Test GPU 80GB: compile, 2026-01-15T00:00:00+00:00"]
 
 
-def test_cpu_runs_are_left_out(tmp_path, smoke_document):
-    readme, _ = _generate(tmp_path, smoke_document)
+def test_cpu_runs_are_left_out(tmp_path, small_document):
+    readme, _ = _generate(tmp_path, small_document)
     section = _section(readme)
     assert results_page.NO_RESULTS in section
     assert "Not shown (timings not meaningful: no GPU): `run0.json`" in section
