@@ -67,8 +67,6 @@ class Launch:
     pruned: list[dict[str, Any]] = field(default_factory=list)
     tuning_seconds: float | None = None
     note: str = ""
-    # (launch kwargs, compiled kernel or None) of every run of the underlying JIT function
-    _runs: list[tuple[dict[str, Any], Any]] = field(default_factory=list, repr=False)
 
 
 @dataclass
@@ -82,10 +80,7 @@ class ProfileReport:
     launches: list[Launch]
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        for launch in data["launches"]:
-            launch.pop("_runs", None)
-        return data
+        return asdict(self)
 
 
 # -- reading Triton's objects ------------------------------------------------------------------
@@ -127,11 +122,16 @@ def _timing(value: Any) -> tuple[float | None, float | None, float | None]:
     return floats[0], floats[1], floats[2]
 
 
+Run = tuple[dict[str, Any], Any]  # (launch kwargs, compiled kernel or None) of one JIT run
+
+
 def summarize_tuning(launch: Launch, configs: Sequence[Any], timings: dict | None,
-                     chosen: Any, cache_hit: bool = False) -> None:
+                     chosen: Any, runs: Sequence[Run] = (), cache_hit: bool = False) -> None:
     """Fill `launch.candidates`/`pruned` from the autotuner's state after its run.
 
-    `cache_hit`: the key was tuned earlier in this process, so nothing was measured now.
+    `runs` are the JIT function's runs during this launch (their compiled kernels give each
+    candidate's resources); `cache_hit`: the key was tuned earlier in this process, so
+    nothing was measured now.
     """
     considered = list(timings) if timings else ([chosen] if chosen is not None else [])
     chosen_dict = config_dict(chosen) if chosen is not None else None
@@ -144,7 +144,7 @@ def summarize_tuning(launch: Launch, configs: Sequence[Any], timings: dict | Non
             candidate.status = "timed" if finite else "failed"
             if not finite:
                 candidate.time_ms = candidate.p20_ms = candidate.p80_ms = None
-        kernels = [k for kwargs, k in launch._runs if _matches(data, kwargs)]
+        kernels = [k for kwargs, k in runs if _matches(data, kwargs)]
         candidate.resources = resources_of(kernels[-1]) if kernels else None
         launch.candidates.append(candidate)
     if cache_hit:
@@ -187,7 +187,7 @@ class _Observer:
 
     def __init__(self) -> None:
         self.launches: list[Launch] = []
-        self._active: list[Launch] = []
+        self._active: list[list[Run]] = []  # runs of the JIT functions under each open launch
         self._undo: list[Callable[[], None]] = []
 
     def _patch(self, obj: Any, wrapper: Callable[..., Any]) -> None:
@@ -206,7 +206,8 @@ class _Observer:
                              if isinstance(v, torch.Tensor)})
             launch = Launch(name, autotuned=True, key={**key, "dtypes": dtypes})
             tuner.configs_timings = None  # so timings seen afterwards belong to this launch
-            self._active.append(launch)
+            runs: list[Run] = []
+            self._active.append(runs)
             cached_keys = len(tuner.cache)
             start = time.perf_counter()
             try:
@@ -218,7 +219,7 @@ class _Observer:
                 cache_hit = len(tuner.configs) > 1 and not timings and (
                     len(tuner.cache) == cached_keys)
                 summarize_tuning(launch, tuner.configs, timings,
-                                 getattr(tuner, "best_config", None), cache_hit)
+                                 getattr(tuner, "best_config", None), runs, cache_hit)
                 self.launches.append(launch)
 
         self._patch(tuner, run)
@@ -229,7 +230,7 @@ class _Observer:
         def run(*args, **kwargs):
             kernel = original(*args, **kwargs)
             if self._active:
-                self._active[-1]._runs.append((kwargs, kernel))
+                self._active[-1].append((kwargs, kernel))
             else:  # a plain (not autotuned) kernel: one launch, its own resources
                 config = {k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs}
                 launch = Launch(name, autotuned=False)
