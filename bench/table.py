@@ -96,8 +96,14 @@ def notes(document: dict[str, Any]) -> list[str]:
             if v["status"] != "ok" and v["message"]:
                 lines.append(f"{row['workload']} {row['dtype']} {row['direction']} {name}: "
                              f"{v['status']}: {v['message']}")
+    skipped: dict[str, list[str]] = {}  # one line per reason, not one per case
+    for row in document["results"]:
         if row["message"]:
-            lines.append(f"{row['workload']} {row['dtype']} {row['direction']}: {row['message']}")
+            skipped.setdefault(row["message"], []).append(
+                f"{row['workload']} {row['dtype']} {row['direction']}")
+    for message, cases in skipped.items():
+        shown = ", ".join(cases[:3]) + (f" and {len(cases) - 3} more" if len(cases) > 3 else "")
+        lines.append(f"{message}: {shown}")
     if not document["meaningful"]:
         lines.append(f"{_MARK} {NOT_MEANINGFUL}: kernels ran in Triton's interpreter; "
                      "this run checks correctness only")
