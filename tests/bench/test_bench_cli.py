@@ -23,16 +23,24 @@ def _refused(*argv) -> str:
     return str(exit_info.value.code)
 
 
-def test_bench_writes_table_json_and_plot(tmp_path, capsys):
-    json_path, plot_path = tmp_path / "r.json", tmp_path / "r.png"
+def test_bench_writes_table_and_json(tmp_path, capsys):
+    json_path = tmp_path / "r.json"
     code, out, err = _run(capsys, "bench", "--workloads", "smoke.conv2d.bottleneck",
-                          "--json", str(json_path), "--plot", str(plot_path), "--plain")
+                          "--json", str(json_path), "--plain")
     assert code == 0
     assert "smoke.conv2d.bottleneck" in out and "not meaningful on CPU" in out
     assert "no GPU" in err and "[1/1] smoke.conv2d.bottleneck float32 forward" in err
     doc = json.loads(json_path.read_text())
     assert [r["workload"] for r in doc["results"]] == ["smoke.conv2d.bottleneck"]
     assert doc["results"][0]["status"] == "ok"
+
+
+def test_bench_plot(tmp_path, capsys):
+    pytest.importorskip("matplotlib")  # optional: foveal[bench]
+    plot_path = tmp_path / "r.png"
+    code, _, err = _run(capsys, "bench", "--workloads", "smoke.conv1d", "--plot",
+                        str(plot_path), "--plain")
+    assert code == 0 and f"wrote {plot_path}" in err
     assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
