@@ -16,6 +16,8 @@ COMMAND_MODULES = (
     "foveal.clients.cmd_shapes",
     "foveal.clients.cmd_selfcheck",
     "foveal.service.cmd_serve",
+    "foveal.clients.cmd_bench",
+    "foveal.clients.cmd_profile",
 )
 
 

@@ -1,0 +1,138 @@
+"""`foveal bench`: foveal's kernels against PyTorch (and torch.compile) on real layer shapes.
+
+Every output (and gradient, with --backward) is checked against float64 PyTorch before it is
+timed. Without a GPU the smoke workloads run through Triton's interpreter: that proves the
+harness and the kernels correct, and every timing is marked not meaningful.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+_DTYPES = ("float16", "bfloat16", "float32")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench", help="benchmark foveal's kernels against PyTorch on real layer shapes",
+        description="Check then time foveal's kernels against PyTorch eager (cuDNN, the same "
+                    "epilogue as separate ops) and optionally torch.compile, on the named "
+                    "layer shapes of bench/workloads.toml. Prints a table; writes JSON and a "
+                    "plot on request. Exit status 1 when any output is wrong or fails.")
+    p.add_argument("--workloads", nargs="+", metavar="NAME",
+                   help="workload names or shell patterns (e.g. 'resnet50.*'); default: the "
+                        "suite's workloads")
+    p.add_argument("--ops", nargs="+", metavar="OP", help="only these ops (e.g. conv2d)")
+    p.add_argument("--tags", nargs="+", metavar="TAG", help="only workloads with these tags")
+    p.add_argument("--suite", choices=("full", "smoke"),
+                   help="workload suite (default: full on a GPU, smoke on a CPU)")
+    p.add_argument("--dtype", nargs="+", choices=_DTYPES,
+                   help="dtypes to run (default: each workload's own)")
+    p.add_argument("--backward", action="store_true",
+                   help="also check and time the backward pass (gradients of every input)")
+    p.add_argument("--no-forward", action="store_true", help="skip the forward rows")
+    p.add_argument("--compile", action="store_true",
+                   help="add torch.compile of the PyTorch version as a baseline (slow to "
+                        "compile: minutes per workload)")
+    p.add_argument("--compile-mode", default="max-autotune-no-cudagraphs",
+                   help="torch.compile mode (default: %(default)s; CUDA graphs would time "
+                        "copies of the rotated inputs)")
+    p.add_argument("--json", metavar="OUT", help="write every figure to this JSON file")
+    p.add_argument("--plot", metavar="OUT.png", help="plot speedups per workload (matplotlib)")
+    p.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda if present)")
+    p.add_argument("--max-minutes", type=float,
+                   help="stop starting new cases after this many minutes (the rest are "
+                        "reported as skipped)")
+    p.add_argument("--warmup-ms", type=int, default=25, help="do_bench warm-up (ms)")
+    p.add_argument("--rep-ms", type=int, default=100, help="do_bench repetition time (ms)")
+    p.add_argument("--input-sets", type=int, default=8,
+                   help="most input sets to rotate among while timing (default: %(default)s)")
+    p.add_argument("--label", default="bench",
+                   help="run label kept in the JSON; the results page shows the latest run "
+                        "per device and label")
+    p.add_argument("--workloads-file", metavar="PATH", help="another workloads TOML file")
+    p.add_argument("--list", action="store_true", help="list the selected workloads and exit")
+    p.add_argument("--plain", action="store_true", help="plain-text table even if rich exists")
+    p.set_defaults(func=run)
+
+
+def _progress(index: int, total: int, case) -> None:
+    parts = []
+    for name, v in case.variants.items():
+        shown = f"{v.timing.median_ms:.4g} ms" if v.timing else v.status
+        parts.append(f"{name} {shown}")
+    print(f"[{index + 1}/{total}] {case.workload.name} {case.dtype} {case.direction}: "
+          + (", ".join(parts) or case.message), file=sys.stderr, flush=True)
+
+
+def _fail(message: str) -> SystemExit:
+    return SystemExit(f"foveal bench: {message}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from foveal.bench.device import select_device
+
+    try:
+        device = select_device(args.device)  # before foveal.kernels is imported
+    except (ValueError, RuntimeError) as err:
+        raise _fail(str(err)) from None
+    from foveal.bench import workloads as wl
+
+    if args.input_sets < 1:
+        raise _fail(f"--input-sets must be at least 1, got {args.input_sets}")
+    if args.max_minutes is not None and args.max_minutes < 0:
+        raise _fail(f"--max-minutes must not be negative, got {args.max_minutes}")
+    if args.no_forward and not args.backward:
+        raise _fail("--no-forward leaves nothing to run without --backward")
+    suite = args.suite or ("full" if device.type == "cuda" else "smoke")
+    try:
+        found = wl.load_workloads(args.workloads_file or wl.DEFAULT_FILE)
+        chosen = wl.select(found, suite=suite, names=args.workloads, ops=args.ops,
+                           tags=args.tags)
+    except wl.WorkloadError as err:
+        raise _fail(str(err)) from None
+    if not chosen:
+        raise _fail("no workload matches the selection (see --list)")
+    if args.list:
+        for w in chosen:
+            shape = ", ".join(f"{k}={v}" for k, v in w.args.items())
+            print(f"{w.name:<44} {w.op:<8} batch {w.batch:<3} {'/'.join(w.dtypes):<17} "
+                  f"{w.layout:<13} {shape}")
+        return 0
+    if args.plot:
+        from foveal.bench.plot import PlotUnavailable, require_matplotlib
+
+        try:
+            require_matplotlib()
+        except PlotUnavailable as err:
+            raise _fail(str(err)) from None
+    if device.type != "cuda":
+        print("foveal bench: no GPU: kernels run in Triton's interpreter; timings are not "
+              "meaningful on CPU", file=sys.stderr)
+
+    from foveal.bench.harness import Settings, run_benchmark
+    from foveal.bench.report import to_json, write_json
+    from foveal.bench.table import print_table
+
+    settings = Settings(device=device, dtypes=tuple(args.dtype) if args.dtype else None,
+                        forward=not args.no_forward, backward=args.backward,
+                        compile=args.compile, compile_mode=args.compile_mode,
+                        max_input_sets=args.input_sets, max_minutes=args.max_minutes,
+                        label=args.label)
+    from foveal.bench.device import default_timer
+
+    try:
+        report = run_benchmark(chosen, settings, progress=_progress,
+                               timer=default_timer(device, args.warmup_ms, args.rep_ms))
+    except (wl.WorkloadError, ValueError) as err:
+        raise _fail(str(err)) from None
+    document = to_json(report)
+    print_table(document, use_rich=False if args.plain else None)
+    if args.json:
+        print(f"wrote {write_json(document, args.json)}", file=sys.stderr)
+    if args.plot:
+        from foveal.bench.plot import plot_speedups
+
+        print(f"wrote {plot_speedups(document, args.plot)}", file=sys.stderr)
+    return 1 if report.failures else 0

@@ -1,0 +1,212 @@
+"""The harness on the CPU path: every op's smoke workloads are checked and (meaninglessly)
+timed, the JSON carries every field, and a wrong or failing kernel is caught before timing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from foveal.bench.harness import Settings, relative_error, run_benchmark
+from foveal.bench.ops import ADAPTERS, ConvAdapter
+from foveal.bench.report import to_json
+from foveal.bench.workloads import select
+
+CPU = torch.device("cpu")
+
+
+def _settings(**kwargs) -> Settings:
+    return Settings(device=CPU, **kwargs)
+
+
+def _one(smoke_workloads, name):
+    return select(smoke_workloads, names=[name])
+
+
+def test_every_smoke_case_passes_its_check_and_is_timed(smoke_report, smoke_workloads):
+    seen = {(c.workload.name, c.direction) for c in smoke_report.cases}
+    assert seen == {(w.name, d) for w in smoke_workloads for d in ("forward", "backward")}
+    for case in smoke_report.cases:
+        assert set(case.variants) == {"foveal", "pytorch"}, case.workload.name
+        for name, v in case.variants.items():
+            where = f"{case.workload.name} {case.direction} {name}: {v.message}"
+            assert v.status == "ok", where
+            assert v.error <= v.tolerance, where
+            assert v.timing is not None and v.timing.median_ms > 0, where
+            assert v.timing.meaningful is False, where
+        if case.direction == "backward":
+            expected = {"grad_input", "grad_weight", "grad_bias"}
+            if case.workload.args.get("residual"):
+                expected.add("grad_residual")
+            assert set(case.variants["foveal"].errors) == expected
+    assert smoke_report.failures == []
+    assert smoke_report.meaningful is False
+
+
+def test_json_has_every_field(smoke_document):
+    doc = json.loads(json.dumps(smoke_document, allow_nan=False))  # strict JSON round trip
+    assert doc["schema"] == "foveal-bench/1"
+    assert doc["meaningful"] is False
+    assert "not meaningful on CPU" in doc["timing_note"]
+    assert {"device", "device_type", "driver", "cuda", "cudnn", "torch", "triton", "python",
+            "date", "git_commit", "source_digest", "backend"} <= set(doc["environment"])
+    assert doc["environment"]["backend"] == "interpreter"
+    assert doc["environment"]["torch"] == torch.__version__
+    assert {"copy_bytes_per_s", "matmul_flops_per_s", "meaningful"} <= set(doc["ceilings"])
+    assert doc["ceilings"]["copy_bytes_per_s"] > 0
+    assert doc["ceilings"]["matmul_flops_per_s"]["float32"] > 0
+    assert {"backward", "compile", "dtypes", "label"} <= set(doc["settings"])
+    assert doc["summary"]["cases"] == len(doc["results"]) == doc["summary"]["ok"]
+    assert doc["summary"]["speedup"]["pytorch"]["all"]["cases"] == len(doc["results"])
+    row_fields = {"workload", "model", "op", "dtype", "layout", "direction", "batch", "args",
+                  "flops", "bytes", "arithmetic_intensity", "bound", "status", "variants",
+                  "speedup", "input_sets"}
+    variant_fields = {"status", "message", "error", "errors", "tolerance", "time_ms",
+                      "time_p20_ms", "time_p80_ms", "timing_meaningful", "timing_note",
+                      "tflops", "gbps", "fraction_of_compute_ceiling",
+                      "fraction_of_memory_ceiling", "fraction_of_roofline",
+                      "peak_memory_bytes"}
+    for row in doc["results"]:
+        assert row_fields <= set(row)
+        assert row["bound"] in ("compute", "memory")
+        for v in row["variants"].values():
+            assert variant_fields <= set(v)
+            assert v["timing_note"] == "not meaningful on CPU"
+            assert v["time_p20_ms"] <= v["time_ms"] <= v["time_p80_ms"]
+        foveal, pytorch = row["variants"]["foveal"], row["variants"]["pytorch"]
+        assert row["speedup"]["pytorch"] == pytest.approx(pytorch["time_ms"] / foveal["time_ms"])
+        assert foveal["tflops"] == pytest.approx(row["flops"] / foveal["time_ms"] / 1e9)
+
+
+class _OffByOne(ConvAdapter):
+    """A 'kernel' that gets one output element wrong, and counts how often it runs."""
+
+    calls = 0
+
+    def foveal(self, workload, inputs):
+        type(self).calls += 1
+        out = super().foveal(workload, inputs).clone()
+        out[(0,) * out.dim()] += 1.0
+        return out
+
+
+class _WrongShape(ConvAdapter):
+    """A 'kernel' that ignores the stride."""
+
+    def foveal(self, workload, inputs):
+        import foveal.kernels as fk
+
+        return fk.conv2d(inputs["input"], inputs["weight"], inputs.get("bias"), padding=1,
+                         groups=workload.args["groups"], activation="relu")
+
+
+class _DoubleGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y):
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return 2 * grad
+
+
+class _WrongBackward(ConvAdapter):
+    """Right outputs, gradients twice too large."""
+
+    def foveal(self, workload, inputs):
+        return _DoubleGradient.apply(super().foveal(workload, inputs))
+
+
+class _Broken(ConvAdapter):
+    def foveal(self, workload, inputs):
+        raise RuntimeError("kernel launch failed")
+
+
+def test_wrong_output_is_reported_and_never_timed(smoke_workloads):
+    _OffByOne.calls = 0
+    report = run_benchmark(_one(smoke_workloads, "smoke.conv2d.grouped"), _settings(),
+                           adapters={**ADAPTERS, "conv2d": _OffByOne(2)})
+    [case] = report.cases
+    foveal = case.variants["foveal"]
+    assert foveal.status == "wrong"
+    assert foveal.timing is None and foveal.peak_memory_bytes is None
+    assert "output relative error" in foveal.message and "not timed" in foveal.message
+    assert _OffByOne.calls == 1  # run once for the check, never for timing
+    assert case.variants["pytorch"].status == "ok"
+    assert case.variants["pytorch"].timing is not None
+    assert report.failures == [case]
+    row = to_json(report)["results"][0]
+    assert row["status"] == "wrong" and row["variants"]["foveal"]["time_ms"] is None
+    assert row["speedup"]["pytorch"] is None
+
+
+def test_wrong_shape_is_reported(smoke_workloads):
+    report = run_benchmark(_one(smoke_workloads, "smoke.conv2d.grouped"), _settings(),
+                           adapters={**ADAPTERS, "conv2d": _WrongShape(2)})
+    foveal = report.cases[0].variants["foveal"]
+    assert foveal.status == "wrong"
+    assert "output shape (2, 8, 9, 7) != reference (2, 8, 5, 4)" in foveal.message
+
+
+def test_wrong_gradient_is_reported_and_never_timed(smoke_workloads):
+    report = run_benchmark(_one(smoke_workloads, "smoke.conv2d.grouped"),
+                           _settings(backward=True),
+                           adapters={**ADAPTERS, "conv2d": _WrongBackward(2)})
+    forward, backward = report.cases
+    assert forward.variants["foveal"].status == "ok"
+    foveal = backward.variants["foveal"]
+    assert foveal.status == "wrong" and foveal.timing is None
+    for name in ("grad_input", "grad_weight", "grad_bias"):
+        assert foveal.errors[name] == pytest.approx(1.0, rel=1e-3)  # 2g vs g
+        assert f"{name} relative error" in foveal.message
+    assert backward.variants["pytorch"].status == "ok"
+
+
+def test_failing_kernel_is_reported_and_the_baseline_still_runs(smoke_workloads):
+    report = run_benchmark(_one(smoke_workloads, "smoke.conv2d.grouped"), _settings(),
+                           adapters={**ADAPTERS, "conv2d": _Broken(2)})
+    variants = report.cases[0].variants
+    assert variants["foveal"].status == "error"
+    assert variants["foveal"].message == "RuntimeError: kernel launch failed"
+    assert variants["pytorch"].status == "ok"
+
+
+def test_time_budget_skips_the_remaining_cases(smoke_workloads):
+    report = run_benchmark(smoke_workloads[:2], _settings(max_minutes=0))
+    assert [c.status for c in report.cases] == ["skipped", "skipped"]
+    assert all("time budget" in c.message for c in report.cases)
+    assert to_json(report)["summary"]["skipped"] == 2
+
+
+def test_compile_baseline_is_checked_and_timed(smoke_workloads):
+    # The eager dynamo backend keeps this fast on a CPU; on a GPU the default is inductor.
+    report = run_benchmark(_one(smoke_workloads, "smoke.conv2d.dilated"),
+                           _settings(compile=True, compile_backend="eager"))
+    compiled = report.cases[0].variants["torch.compile"]
+    assert compiled.status == "ok" and compiled.timing is not None
+    assert to_json(report)["results"][0]["speedup"]["torch.compile"] > 0
+
+
+def test_dtype_override_runs_bfloat16_through_the_interpreter(smoke_workloads):
+    report = run_benchmark(_one(smoke_workloads, "smoke.conv3d.temporal"),
+                           _settings(dtypes=("bfloat16",)))
+    [case] = report.cases
+    assert case.dtype == "bfloat16"
+    assert case.variants["foveal"].status == "ok", case.variants["foveal"].message
+    assert case.variants["foveal"].error > 1e-6  # really computed in bf16, not float32
+
+
+def test_torch_backend_preference_is_refused(smoke_workloads):
+    from foveal.kernels import use_backend
+
+    with use_backend("torch"), pytest.raises(ValueError, match="PyTorch against itself"):
+        run_benchmark(smoke_workloads[:1], _settings())
+
+
+def test_relative_error():
+    ref = torch.tensor([3.0, 4.0], dtype=torch.float64)
+    assert relative_error(ref.float(), ref) == 0.0
+    assert relative_error(torch.tensor([3.0, 4.5]), ref) == pytest.approx(0.1)
+    assert relative_error(torch.tensor([3.0, float("nan")]), ref) == float("inf")
+    assert relative_error(torch.tensor([3.0]), ref) == float("inf")

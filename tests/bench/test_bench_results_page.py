@@ -1,0 +1,104 @@
+"""The results page is generated from result JSON only: from a sample file this test writes
+(a CPU run relabelled as a GPU run, inside tmp_path), never from numbers in the repository."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+from foveal.bench import results_page
+from foveal.bench.report import write_json
+
+PAGE = f"# Benchmarks\n\nintro\n\n{results_page.BEGIN}\nstale\n{results_page.END}\n\nfooter\n"
+
+
+def _as_gpu_run(document, device="Test GPU 80GB", date="2026-01-02T03:04:05+00:00",
+                label="bench"):
+    sample = copy.deepcopy(document)
+    sample["meaningful"] = True
+    sample["label"] = label
+    sample["environment"].update(device=device, date=date, git_commit="abc123")
+    sample["ceilings"]["meaningful"] = True
+    for row in sample["results"]:
+        for variant in row["variants"].values():
+            variant["timing_meaningful"], variant["timing_note"] = True, None
+    return sample
+
+
+def _generate(tmp_path, *documents):
+    results = tmp_path / "results"
+    results.mkdir(exist_ok=True)
+    for i, doc in enumerate(documents):
+        write_json(doc, results / f"run{i}.json")
+    readme = tmp_path / "README.md"
+    readme.write_text(PAGE)
+    assert results_page.main(["--results-dir", str(results), "--readme", str(readme)]) == 0
+    return readme, results
+
+
+def _section(readme) -> str:
+    text = readme.read_text()
+    return text.split(results_page.BEGIN)[1].split(results_page.END)[0]
+
+
+def test_page_shows_the_measured_table(tmp_path, small_document):
+    sample = _as_gpu_run(small_document)
+    readme, results = _generate(tmp_path, sample)
+    text = readme.read_text()
+    assert text.startswith("# Benchmarks\n\nintro") and text.endswith("\n\nfooter\n")
+    section = _section(readme)
+    assert "stale" not in section and "No measured results" not in section
+    assert "### Test GPU 80GB: bench, 2026-01-02T03:04:05+00:00" in section
+    assert "code: abc123" in section and "measured ceilings" in section
+    for row in sample["results"]:
+        time_ms = row["variants"]["foveal"]["time_ms"]
+        direction = {"forward": "fwd", "backward": "bwd"}[row["direction"]]
+        line = next(line for line in section.splitlines()
+                    if line.startswith(f"| {row['workload']} | {row['dtype']} | {direction} |"))
+        assert f"| {time_ms:.4g} |" in line  # the number the JSON holds, unmarked
+        assert f"| {row['speedup']['pytorch']:.3g}x |" in line
+    assert "not meaningful" not in section
+    # --check agrees the page is current, and notices a hand edit.
+    check = ["--results-dir", str(results), "--readme", str(readme), "--check"]
+    assert results_page.main(check) == 0
+    readme.write_text(text.replace("Test GPU 80GB", "Typed By Hand"))
+    assert results_page.main(check) == 1
+
+
+def test_latest_run_per_device_and_label(tmp_path, small_document):
+    old = _as_gpu_run(small_document, date="2026-01-01T00:00:00+00:00")
+    new = _as_gpu_run(small_document, date="2026-02-01T00:00:00+00:00")
+    compiled = _as_gpu_run(small_document, date="2026-01-15T00:00:00+00:00", label="compile")
+    other = _as_gpu_run(small_document, device="Other GPU", date="2025-12-01T00:00:00+00:00")
+    readme, _ = _generate(tmp_path, new, old, compiled, other)
+    headings = [line for line in _section(readme).splitlines() if line.startswith("### ")]
+    assert headings == ["### Other GPU: bench, 2025-12-01T00:00:00+00:00",
+                        "### Test GPU 80GB: bench, 2026-02-01T00:00:00+00:00",
+                        "### Test GPU 80GB: compile, 2026-01-15T00:00:00+00:00"]
+
+
+def test_cpu_runs_are_left_out(tmp_path, small_document):
+    readme, _ = _generate(tmp_path, small_document)
+    section = _section(readme)
+    assert results_page.NO_RESULTS in section
+    assert "Not shown (timings not meaningful: no GPU): `run0.json`" in section
+
+
+def test_bad_inputs_are_named(tmp_path, capsys):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "other.json").write_text(json.dumps({"hello": 1}))
+    readme = tmp_path / "README.md"
+    readme.write_text(PAGE)
+    assert results_page.main(["--results-dir", str(results), "--readme", str(readme)]) == 2
+    assert "other.json is not a foveal benchmark result" in capsys.readouterr().err
+    (results / "other.json").unlink()
+    readme.write_text("# no markers\n")
+    assert results_page.main(["--results-dir", str(results), "--readme", str(readme)]) == 2
+    assert "has no generated section" in capsys.readouterr().err
+
+
+def test_committed_page_matches_committed_results():
+    """bench/README.md is exactly what bench/results/*.json generate: nothing typed by hand."""
+    assert results_page.main(["--check"]) == 0
+
