@@ -198,9 +198,52 @@ class ConvAdapter(OpAdapter):
                               parse_activation(workload.args.get("activation")))
 
 
+class ConvTransposeAdapter(ConvAdapter):
+    """conv_transpose1d / 2d / 3d with the fused epilogue; weight (C_in, C_out/groups, k...)."""
+
+    FIELDS: Mapping[str, Any] = {**ConvAdapter.FIELDS, "output_padding": 0}
+
+    def __init__(self, spatial_dims: int):
+        super().__init__(spatial_dims)
+        self.name = f"conv_transpose{spatial_dims}d"
+
+    def geometry(self, workload: Workload):
+        """The layer's ConvGeometry from the kernels' own transposed_conv_geometry."""
+        from foveal.kernels.epilogue import parse_activation
+        from foveal.kernels.geometry import expand, transposed_conv_geometry
+
+        a = self._args(workload)
+        n = self.spatial_dims
+        if workload.layout == "channels_last" and n == 1:
+            raise _fail(workload, "layout channels_last needs a 2-D or 3-D convolution")
+        try:
+            parse_activation(a["activation"])
+            size = expand(a["size"], n, "size", minimum=1)
+            kernel = expand(a["kernel"], n, "kernel", minimum=1)
+            groups = a["groups"]
+            if type(groups) is not int or groups < 1 or a["out_channels"] % groups:
+                raise ValueError(f"groups must be a positive int dividing out_channels, got "
+                                 f"{groups!r}")
+            as_tuple = lambda v: v if isinstance(v, int) else tuple(v)
+            return transposed_conv_geometry(
+                (workload.batch, a["in_channels"], *size),
+                (a["in_channels"], a["out_channels"] // groups, *kernel), a["stride"],
+                as_tuple(a["padding"]), as_tuple(a["output_padding"]), groups, a["dilation"], n)
+        except (ValueError, TypeError) as err:
+            raise _fail(workload, str(err)) from None
+
+    def _call_args(self, workload: Workload) -> dict[str, Any]:
+        a = self._args(workload)
+        as_tuple = lambda v: v if isinstance(v, int) else tuple(v)
+        return {**super()._call_args(workload), "padding": as_tuple(a["padding"]),
+                "output_padding": as_tuple(a["output_padding"])}
+
+
 def _registry(*adapters: OpAdapter) -> dict[str, OpAdapter]:
     return {a.name: a for a in adapters}
 
 
 # op name (as written in workloads.toml) -> adapter. New ops register here.
-ADAPTERS: dict[str, OpAdapter] = _registry(ConvAdapter(1), ConvAdapter(2), ConvAdapter(3))
+ADAPTERS: dict[str, OpAdapter] = _registry(
+    ConvAdapter(1), ConvAdapter(2), ConvAdapter(3),
+    ConvTransposeAdapter(1), ConvTransposeAdapter(2), ConvTransposeAdapter(3))
