@@ -89,7 +89,7 @@ class InputFeatures:
         self.timestamps.append(np.asarray(timestamps, dtype=np.float64))
 
     def write(self, store: OutputStore, source: str | Path, spec: ModelSpec,
-              settings: ExtractSettings, started: float,
+              settings: ExtractSettings, seconds: float,
               image: Features | None = None) -> ManifestEntry:
         """Write the output (clips stacked: layer (clips, C, T', H', W'), timestamps
         (clips, clip_len)) and return its manifest entry."""
@@ -103,17 +103,17 @@ class InputFeatures:
             layers = {name: np.stack(arrays) for name, arrays in self.layers.items()}
             timestamps = np.stack(self.timestamps)
         output = store.write(source, layers, timestamps, settings.metadata(spec, source))
-        return ManifestEntry(str(source), str(output), "ok", spec.name,
-                             round(time.monotonic() - started, 4), self.clips,
+        return ManifestEntry(str(source), str(output), "ok", spec.name, round(seconds, 4),
+                             self.clips,
                              {name: list(a.shape) for name, a in layers.items()})
 
 
 def error_entry(source: str | Path, spec: ModelSpec, error: BaseException | str,
-                started: float, clips: int = 0) -> ManifestEntry:
+                seconds: float, clips: int = 0) -> ManifestEntry:
     message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
     log.warning("skipped %s: %s", source, message)
-    return ManifestEntry(str(source), None, "error", spec.name,
-                         round(time.monotonic() - started, 4), clips, error=message)
+    return ManifestEntry(str(source), None, "error", spec.name, round(seconds, 4), clips,
+                         error=message)
 
 
 @dataclass
@@ -203,9 +203,17 @@ class RunState:
         self.progress.update(self.done, self._clips_seen, len(self.summary.failures), force)
 
 
-def pending_inputs(inputs: Sequence[Path], store: OutputStore) -> list[Path]:
+def start_run(inputs: Sequence[Path], spec: ModelSpec, store: OutputStore,
+              settings: ExtractSettings, mode: str, progress: bool | None
+              ) -> tuple[ExtractSettings, list[Path], RunState]:
+    """Settings checked against the model, leftovers of killed runs removed, and the inputs
+    not finished in an earlier run."""
+    settings = settings.resolved(spec)
+    store.remove_stale_partials()
     finished = store.finished()
-    return [path for path in inputs if OutputStore.key(path) not in finished]
+    todo = [path for path in inputs if OutputStore.key(path) not in finished]
+    summary = Summary(spec.name, mode, len(inputs), len(inputs) - len(todo))
+    return settings, todo, RunState(store, summary, Progress(len(todo), enabled=progress))
 
 
 def _timed_clips(clips: Iterator[Any], state: RunState,
@@ -238,9 +246,9 @@ def extract_video(source: Path, extractor: Extractor, spec: ModelSpec,
         for clip, features in stream:
             state.add_times(roundtrip_s=time.perf_counter() - decoded_at.popleft(), clips=1)
             result.add_clip(features, clip.timestamps)
-        return result.write(store, source, spec, settings, started)
+        return result.write(store, source, spec, settings, time.monotonic() - started)
     except Exception as err:
-        return error_entry(source, spec, err, started, result.clips)
+        return error_entry(source, spec, err, time.monotonic() - started, result.clips)
 
 
 def extract_image(source: Path, extractor: Extractor, spec: ModelSpec,
@@ -251,9 +259,10 @@ def extract_image(source: Path, extractor: Extractor, spec: ModelSpec,
         features = extractor.extract_image(source, spec.name, settings.outputs,
                                            output_dtype=settings.output_dtype)
         state.add_times(roundtrip_s=time.perf_counter() - start)
-        return InputFeatures().write(store, source, spec, settings, started, image=features)
+        return InputFeatures().write(store, source, spec, settings,
+                                     time.monotonic() - started, image=features)
     except Exception as err:
-        return error_entry(source, spec, err, started)
+        return error_entry(source, spec, err, time.monotonic() - started)
 
 
 def run_extraction(inputs: Sequence[Path], extractor: Extractor, model: str, store: OutputStore,
@@ -263,11 +272,8 @@ def run_extraction(inputs: Sequence[Path], extractor: Extractor, model: str, sto
     if type(jobs) is not int or jobs < 1:
         raise ValueError(f"jobs must be a positive int, got {jobs!r}")
     spec = extractor.describe(model)
-    settings = settings.resolved(spec)
-    store.remove_stale_partials()
-    todo = pending_inputs(inputs, store)
-    summary = Summary(spec.name, mode, len(inputs), len(inputs) - len(todo))
-    state = RunState(store, summary, Progress(len(todo), enabled=progress))
+    settings, todo, state = start_run(inputs, spec, store, settings, mode, progress)
+    summary = state.summary
     work = extract_video if spec.kind == VIDEO else extract_image
     compute_before = _compute_times(extractor)
     started = time.monotonic()
