@@ -77,14 +77,15 @@ class _Client:
                  certificate_chain: bytes | str | Path | None = None,
                  private_key: bytes | str | Path | None = None, token: str | None = None,
                  max_message_bytes: int = 64 * MIB, compression: str | None = None,
-                 chunk_bytes: int = 1 * MIB, clips_in_flight: int = 8,
+                 chunk_bytes: int | None = None, clips_in_flight: int = 8,
                  requests_in_flight: int = 4):
         """`timeout` (seconds) bounds each unary call; clip streams take their own (none by
         default: the server bounds each clip). `tls` uses the system's roots unless
         `root_certificates` is given; `certificate_chain` and `private_key` are for mutual TLS.
         `token` is sent as `authorization: Bearer <token>`. `compression` is None, "gzip" or
-        "deflate". Clips travel in chunks of `chunk_bytes`; at most `clips_in_flight` clips
-        of a stream and `requests_in_flight` image requests are unanswered at once."""
+        "deflate". Clips travel in chunks of `chunk_bytes` (default 1 MiB); at most
+        `clips_in_flight` clips of a stream and `requests_in_flight` image requests are
+        unanswered at once."""
         self.connection = Connection.make(
             address, timeout=timeout, retry=retry, tls=tls, root_certificates=root_certificates,
             certificate_chain=certificate_chain, private_key=private_key, token=token,

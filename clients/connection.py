@@ -90,7 +90,7 @@ class Connection:
              certificate_chain: bytes | str | Path | None = None,
              private_key: bytes | str | Path | None = None, token: str | None = None,
              max_message_bytes: int = 64 * MIB, compression: str | None = None,
-             chunk_bytes: int = 1 * MIB) -> Connection:
+             chunk_bytes: int | None = None) -> Connection:
         if not isinstance(address, str) or not address.strip():
             raise ValueError(f"address must be 'host:port', got {address!r}")
         if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
@@ -104,6 +104,8 @@ class Connection:
         if type(max_message_bytes) is not int or max_message_bytes < 2 * MESSAGE_OVERHEAD:
             raise ValueError(f"max_message_bytes must be an int >= {2 * MESSAGE_OVERHEAD}, "
                              f"got {max_message_bytes!r}")
+        if chunk_bytes is None:  # 1 MiB: large enough to amortise, small enough to interleave
+            chunk_bytes = min(1 * MIB, max_message_bytes - MESSAGE_OVERHEAD)
         if (type(chunk_bytes) is not int or chunk_bytes < 1
                 or chunk_bytes > max_message_bytes - MESSAGE_OVERHEAD):
             raise ValueError(f"chunk_bytes must be an int from 1 to max_message_bytes - "
