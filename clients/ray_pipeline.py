@@ -222,7 +222,7 @@ class _Assembler:
         self.state.record(entry)
 
 
-def _ray_init(options: RayOptions) -> bool:
+def ray_init(options: RayOptions) -> bool:
     """Connect to (or start) Ray; True when this call started it (and so should stop it)."""
     import ray
 
@@ -232,7 +232,12 @@ def _ray_init(options: RayOptions) -> bool:
                               "configure_logging": True}
     if options.address:
         ray.init(address=options.address, **kwargs)
-    else:
+        return True
+    try:
+        ray.init(num_cpus=options.num_cpus, **kwargs)
+    except Exception as err:  # seen now and then: "The current node timed out during startup"
+        log.warning("starting a local Ray instance failed (%s); trying once more", err)
+        ray.shutdown()
         ray.init(num_cpus=options.num_cpus, **kwargs)
     return True
 
@@ -253,7 +258,7 @@ def run_ray(arguments: Sequence[str | Path], model: str, store: OutputStore,
     # The model's spec, from a copy on this machine's CPU (the actors build their own).
     spec = LocalModel(model, options.models_file, backend="torch", device="cpu").spec
     inputs = collect_inputs(arguments, spec.kind)
-    started_here = _ray_init(options)
+    started_here = ray_init(options)
     try:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         mode = f"ray, {options.actors or max(gpus, 1)} {'GPU' if gpus else 'CPU'} actor(s)"
