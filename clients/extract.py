@@ -118,11 +118,13 @@ def error_entry(source: str | Path, spec: ModelSpec, error: BaseException | str,
 
 @dataclass
 class StageTimes:
-    """Busy seconds summed over clips (stages overlap in time, so they do not add up to the
-    wall time): reading and decoding frames; from a clip decoded to its features back, in all
-    (`roundtrip_s`); and the model executions (`compute_s` per batch, `item_compute_s` per
-    clip: each clip waits for its whole batch), when the mode can see them."""
+    """Busy seconds summed over the clips (or images) that came back, `items` of them; the
+    stages overlap in time, so they do not add up to the wall time: reading and decoding
+    frames; from an item decoded to its features back (`roundtrip_s`); and the model
+    executions (`compute_s` per batch, `item_compute_s` per item: each item waits for its
+    whole batch), when the mode can see them."""
 
+    items: int = 0
     decode_s: float = 0.0
     roundtrip_s: float = 0.0
     compute_s: float | None = None
@@ -138,6 +140,17 @@ class StageTimes:
     def as_dict(self) -> dict[str, float | None]:
         return {"decode_s": self.decode_s, "transfer_s": self.transfer_s,
                 "compute_s": self.compute_s, "roundtrip_s": self.roundtrip_s}
+
+    def text(self) -> str:
+        """Mean milliseconds per item and stage, for people."""
+        per = 1000 / max(self.items, 1)
+        parts = [f"decode {self.decode_s * per:.1f} ms"]
+        if self.compute_s is None:
+            parts.append(f"round trip {self.roundtrip_s * per:.1f} ms")
+        else:
+            parts += [f"transfer+queue {self.transfer_s * per:.1f} ms",
+                      f"compute {self.compute_s * per:.1f} ms"]
+        return "per clip or image: " + ", ".join(parts)
 
 
 @dataclass
@@ -161,13 +174,7 @@ class Summary:
         lines = [f"{self.model} ({self.mode}): {self.total} inputs: {self.ok} extracted, "
                  f"{self.skipped} already done, {len(self.failures)} failed; {self.clips} clips "
                  f"in {self.seconds:.1f} s{rate}"]
-        t = self.times
-        split = [f"decode {t.decode_s:.2f} s"]
-        if t.compute_s is not None:
-            split += [f"transfer+queue {t.transfer_s:.2f} s", f"compute {t.compute_s:.2f} s"]
-        else:
-            split.append(f"round trips {t.roundtrip_s:.2f} s")
-        lines.append("busy time: " + ", ".join(split))
+        lines.append(self.times.text())
         lines += [f"failed: {source}: {error}" for source, error in self.failures]
         return "\n".join(lines)
 
@@ -183,10 +190,15 @@ class RunState:
         self._clips_seen = 0
         self.done = 0
 
-    def add_times(self, decode_s: float = 0.0, roundtrip_s: float = 0.0, clips: int = 0) -> None:
+    def add_times(self, decode_s: float = 0.0, roundtrip_s: float | None = None,
+                  clips: int = 0) -> None:
+        """Add decoding time, and one item's round trip (`clips`: 1 for a clip, 0 for an
+        image)."""
         with self._lock:
             self.times.decode_s += decode_s
-            self.times.roundtrip_s += roundtrip_s
+            if roundtrip_s is not None:
+                self.times.roundtrip_s += roundtrip_s
+                self.times.items += 1
             self._clips_seen += clips
 
     def record(self, entry: ManifestEntry) -> None:

@@ -78,7 +78,7 @@ class OutputStore:
     def __init__(self, directory: str | Path, format: str = "npy"):
         if format not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
-        self.directory = Path(directory)
+        self.directory = Path(directory).absolute()  # the manifest names outputs wherever run
         self.format = format
         self.directory.mkdir(parents=True, exist_ok=True)
         self.manifest_path = self.directory / MANIFEST

@@ -186,13 +186,13 @@ class _Assembler:
         if row["end"]:
             self.expected[source] = int(row["index"])
         else:
-            times.roundtrip_s += max(time.time() - float(row["decoded_at"]), 0.0)
             times.compute_s = (times.compute_s or 0.0) + float(row["compute_s"])
             times.item_compute_s = (times.item_compute_s or 0.0) + float(row["item_compute_s"])
             self.backend = row["backend"]
             self.clips.setdefault(source, {})[int(row["index"])] = (
                 unpack_features(row["features"]), row["timestamps"])
-            self.state.add_times(clips=1)
+            self.state.add_times(roundtrip_s=max(time.time() - float(row["decoded_at"]), 0.0),
+                                 clips=1 if self.spec.kind == VIDEO else 0)
         if len(self.clips.get(source, {})) == self.expected.get(source, -1):
             self._write(source)
 

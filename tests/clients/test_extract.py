@@ -182,7 +182,7 @@ def test_progress_line_on_request_and_quiet_in_pipes(server, videos, tmp_path):
     quiet = foveal_cli(*common, "--out", tmp_path / "a")
     assert quiet.returncode == 0, quiet.stderr
     assert "clips/s" not in quiet.stderr and "\r" not in quiet.stderr
-    assert "1 inputs: 1 extracted" in quiet.stdout and "busy time: decode" in quiet.stdout
+    assert "1 inputs: 1 extracted" in quiet.stdout and "per clip or image: decode" in quiet.stdout
     shown = foveal_cli(*common, "--out", tmp_path / "b", "--progress")
     assert shown.returncode == 0
     assert "[####" in shown.stderr and "1/1 inputs" in shown.stderr and "ETA" in shown.stderr
