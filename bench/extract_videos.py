@@ -14,6 +14,8 @@ they do not add up to the wall time): `decode` (reading and decoding frames), `c
 executions: measured in-process for local and Ray; for the server, the server's own execution
 time from its ModelStatistics) and `transfer` (from a clip decoded to its features back, less
 the model execution it waited for: serialisation, network or object store, and queueing).
+The loads say which stage limits the rate: the share of the wall time the decoders (--jobs
+threads, or the Ray CPUs left to tasks) and the one model were busy.
 
     python bench/extract_videos.py --videos 8 --seconds 10 --modes server local ray \\
         --out bench/results/extract_videos_cpu.json
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -73,14 +76,20 @@ def _server_compute(address: str) -> tuple[float, float]:
     return per_batch, per_item
 
 
-def _row(mode: str, summary, videos: int) -> dict:
+def _row(mode: str, summary, videos: int, decoders: int) -> dict:
+    """The mode's rates and stage times; `decode_load` and `compute_load` are the fraction of
+    the wall time its decoders (`decoders` in parallel) and its one model were busy: the one
+    near 100% is the bottleneck (neither: overheads such as start-up dominate)."""
     times = summary.times
     if summary.ok != videos:
         raise RuntimeError(f"{mode}: {summary.ok} of {videos} videos extracted: "
                            f"{summary.failures}")
+    wall = summary.seconds
     return {"mode": summary.mode, "videos": summary.ok, "clips": summary.clips,
-            "wall_s": summary.seconds, "videos_per_s": summary.ok / summary.seconds,
-            "clips_per_s": summary.clips / summary.seconds, **times.as_dict()}
+            "wall_s": wall, "videos_per_s": summary.ok / wall,
+            "clips_per_s": summary.clips / wall, **times.as_dict(), "decoders": decoders,
+            "decode_load": times.decode_s / (wall * decoders),
+            "compute_load": (times.compute_s or 0.0) / wall}
 
 
 def run_mode(mode: str, videos: list[Path], models_file: Path, out: Path,
@@ -88,6 +97,7 @@ def run_mode(mode: str, videos: list[Path], models_file: Path, out: Path,
     from foveal.clients.extract import ExtractSettings, run_extraction
     from foveal.clients.outputs import OutputStore
 
+    decoders = args.jobs if mode != "ray" else max((args.ray_cpus or os.cpu_count()) - 1, 1)
     settings = ExtractSettings(stride=args.stride)
     store = OutputStore(out / mode)
     if mode == "server":
@@ -113,7 +123,7 @@ def run_mode(mode: str, videos: list[Path], models_file: Path, out: Path,
         summary = run_ray([str(v) for v in videos], "bench", store, settings, RayOptions(
             models_file=str(models_file), backend=args.backend, num_cpus=args.ray_cpus),
             progress=False)
-    return _row(mode, summary, len(videos))
+    return _row(mode, summary, len(videos), decoders)
 
 
 def _print(results: dict) -> None:
@@ -121,14 +131,15 @@ def _print(results: dict) -> None:
     print(f"{s['videos']} videos of {s['seconds']} s at {s['fps']} fps, {s['video_size']}px, "
           f"motion-energy {s['model_size']}px x {s['frames']} frames, stride {s['stride']}; "
           f"device {env['device']}, backend {s['backend']}")
+    print("busy seconds summed over clips; load: share of the wall time the decoders and the "
+          "model were busy")
     print(f"{'mode':<8} {'videos/s':>9} {'clips/s':>9} {'wall s':>8} {'decode s':>9} "
-          f"{'transfer s':>11} {'compute s':>10}  busiest")
+          f"{'transfer s':>11} {'compute s':>10} {'decode load':>12} {'compute load':>13}")
     for key, row in results["modes"].items():
-        stages = {"decode": row["decode_s"], "transfer": row["transfer_s"] or 0.0,
-                  "compute": row["compute_s"] or 0.0}
         print(f"{key:<8} {row['videos_per_s']:>9.2f} {row['clips_per_s']:>9.1f} "
-              f"{row['wall_s']:>8.2f} {row['decode_s']:>9.2f} {stages['transfer']:>11.2f} "
-              f"{stages['compute']:>10.2f}  {max(stages, key=stages.get)}")
+              f"{row['wall_s']:>8.2f} {row['decode_s']:>9.2f} {row['transfer_s'] or 0:>11.2f} "
+              f"{row['compute_s'] or 0:>10.2f} {row['decode_load']:>12.0%} "
+              f"{row['compute_load']:>13.0%}")
 
 
 def main(argv: list[str] | None = None) -> int:
