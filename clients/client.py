@@ -112,6 +112,13 @@ class _Client:
             images, spec.name, wire.check_outputs(outputs), wire.output_dtype(output_dtype),
             spec.max_batch_size, self.connection.max_message_bytes - MESSAGE_OVERHEAD)
 
+    def _check_retry(self, window: ClipWindow, err: grpc.RpcError, failures: int) -> None:
+        """After a broken stream: raise unless it is worth another attempt."""
+        if window.error is not None:  # our own clips failed first: that is the news
+            raise window.error from None
+        if not self.retry.should_retry(err.code(), failures):
+            raise from_rpc_error(err, "ExtractClips", failures) from None
+
     def _clip_requests(self, entries: Iterable[tuple[str, Any]], fail, model: str,
                        outputs: list[str], dtype: int) -> Iterator[pb.ClipChunk]:
         """The chunks of each clip; an error making them ends the stream cleanly (the clips
@@ -262,10 +269,7 @@ class FoveaClient(_Client):
                                               output_dtype == "bfloat16")
             except grpc.RpcError as err:
                 failures += 1
-                if window.error is not None:
-                    raise window.error from None
-                if not self.retry.should_retry(err.code(), failures):
-                    raise from_rpc_error(err, "ExtractClips", failures) from None
+                self._check_retry(window, err, failures)
                 time.sleep(self.retry.delay(failures))
                 continue
             finally:
@@ -273,11 +277,16 @@ class FoveaClient(_Client):
                 with cond:
                     window.stop()
                     cond.notify_all()
-            if window.error is not None:
-                raise window.error
-            if not window.finished:
-                raise window.unanswered_error()
+            _check_complete(window)
             return
+
+
+def _check_complete(window: ClipWindow) -> None:
+    """After a stream that ended well: raise what stopped the clips, or a missing reply."""
+    if window.error is not None:
+        raise window.error
+    if not window.finished:
+        raise window.unanswered_error()
 
 
 def _entries(window: ClipWindow, cond: threading.Condition,
@@ -432,10 +441,7 @@ class AsyncFoveaClient(_Client):
                                               output_dtype == "bfloat16")
             except grpc.RpcError as err:
                 failures += 1
-                if window.error is not None:
-                    raise window.error from None
-                if not self.retry.should_retry(err.code(), failures):
-                    raise from_rpc_error(err, "ExtractClips", failures) from None
+                self._check_retry(window, err, failures)
                 await asyncio.sleep(self.retry.delay(failures))
                 continue
             finally:
@@ -443,10 +449,7 @@ class AsyncFoveaClient(_Client):
                 async with cond:
                     window.stop()
                     cond.notify_all()
-            if window.error is not None:
-                raise window.error
-            if not window.finished:
-                raise window.unanswered_error()
+            _check_complete(window)
             return
 
 
