@@ -15,6 +15,7 @@ from collections.abc import Sequence
 COMMAND_MODULES = (
     "foveal.clients.cmd_shapes",
     "foveal.clients.cmd_selfcheck",
+    "foveal.clients.cmd_extract",
     "foveal.service.cmd_serve",
     "foveal.clients.cmd_bench",
     "foveal.clients.cmd_profile",

@@ -78,7 +78,7 @@ class OutputStore:
     def __init__(self, directory: str | Path, format: str = "npy"):
         if format not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
-        self.directory = Path(directory)
+        self.directory = Path(directory).absolute()  # the manifest names outputs wherever run
         self.format = format
         self.directory.mkdir(parents=True, exist_ok=True)
         self.manifest_path = self.directory / MANIFEST
@@ -138,6 +138,17 @@ class OutputStore:
         os.replace(tmp, final)
         return final
 
+    def remove_stale_partials(self) -> list[Path]:
+        """Delete temporary outputs left by runs that were killed mid-write (their process is
+        gone); a run still writing keeps its own. Returns what was removed."""
+        removed = []
+        for path in self.directory.glob(".*.partial-*"):
+            pid = path.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                _remove(path)
+                removed.append(path)
+        return removed
+
     def record(self, entry: ManifestEntry) -> None:
         """Append one manifest line and flush it to disk."""
         line = asdict(entry)
@@ -146,6 +157,16 @@ class OutputStore:
             f.write(json.dumps(line) + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def _remove(path: Path) -> None:

@@ -46,6 +46,19 @@ class _Item:
     request_id: str
 
 
+def run_batch(model: ServedModel, backend: str, tensors: list[torch.Tensor],
+              outputs: frozenset[str]) -> list[ItemResult]:
+    """One forward for the whole batch of same-shape items, split back per item (on the host).
+
+    Also used by the clients' in-process mode, so both compute exactly the same features.
+    """
+    with fk.use_backend(backend), torch.inference_mode():
+        batch = torch.stack(tensors).to(device=model.device, dtype=model.dtype)
+        results = model.forward(batch, outputs)
+        on_host = {name: t.cpu() for name, t in results.items()}
+    return [{name: t[i] for name, t in on_host.items()} for i in range(len(tensors))]
+
+
 class DynamicBatcher:
     def __init__(self, model: ServedModel, policy: BatchPolicy, backend: str, metrics: Metrics,
                  stats: ModelStats):
@@ -174,13 +187,8 @@ class DynamicBatcher:
         return sizes
 
     def _compute(self, tensors: list[torch.Tensor], outputs: frozenset[str]) -> list[ItemResult]:
-        """Runs in the worker thread: one forward for the whole batch, split back per item."""
-        model = self.model
-        with fk.use_backend(self.backend), torch.inference_mode():
-            batch = torch.stack(tensors).to(device=model.device, dtype=model.dtype)
-            results = model.forward(batch, outputs)
-            on_host = {name: t.cpu() for name, t in results.items()}
-        return [{name: t[i] for name, t in on_host.items()} for i in range(len(tensors))]
+        """Runs in the worker thread."""
+        return run_batch(self.model, self.backend, tensors, outputs)
 
     async def _execute(self, batch: list[_Item]) -> None:
         name = self.model.name

@@ -94,6 +94,19 @@ def choose_backend(requested: str, device: torch.device) -> tuple[str, str, str]
     return preference, running, why
 
 
+def load_model(config: ModelConfig, default_device: str, preference: str) -> ServedModel:
+    """Build one repository entry on its device (`default_device` where it says "auto").
+
+    Also used by the clients' in-process mode, so both run exactly the same model.
+    """
+    device = resolve_device(default_device if config.device == "auto" else config.device)
+    with fk.use_backend(preference):
+        model = build_model(config.name, config.kind, config.input, device,
+                            _DTYPES[config.precision], config.weights)
+    model.select_outputs(config.outputs, config.default_outputs)
+    return model
+
+
 class FeatureServer:
     """One gRPC server (both protocols, health, reflection) plus the metrics endpoint.
 
@@ -116,16 +129,8 @@ class FeatureServer:
     def _load_models(self, preference: str) -> list[tuple[ServedModel, BatchPolicy]]:
         configs: list[ModelConfig] = (load_repository(self.settings.models_file)
                                       if self.settings.models_file else builtin_models())
-        loaded = []
-        for config in configs:
-            device = resolve_device(self.settings.device if config.device == "auto"
-                                    else config.device)
-            with fk.use_backend(preference):
-                model = build_model(config.name, config.kind, config.input, device,
-                                    _DTYPES[config.precision], config.weights)
-            model.select_outputs(config.outputs, config.default_outputs)
-            loaded.append((model, config.batch_policy(self.settings.batching)))
-        return loaded
+        return [(load_model(config, self.settings.device, preference),
+                 config.batch_policy(self.settings.batching)) for config in configs]
 
     async def start(self) -> None:
         settings = self.settings

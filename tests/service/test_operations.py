@@ -3,7 +3,6 @@ bearer tokens, TLS and mutual TLS."""
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import urllib.error
@@ -12,10 +11,6 @@ import urllib.request
 import grpc
 import numpy as np
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2 as std_health
 from grpc_health.v1 import health_pb2_grpc as std_health_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
@@ -25,6 +20,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from foveal.proto import rpc
 from foveal.proto.foveal.v1 import foveal_pb2 as pb
 from foveal.service.logs import JsonFormatter
+from pki import make_pki
 from service_helpers import raw_image, running
 
 SMALL_MODEL = """
@@ -132,40 +128,10 @@ def test_bearer_token_guards_everything_but_health(tiny_models):
             std_health.HealthCheckResponse.SERVING
 
 
-def _certificate(subject: str, key, issuer=None, issuer_key=None, ca=False):
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (x509.CertificateBuilder().subject_name(name)
-               .issuer_name(issuer.subject if issuer else name).public_key(key.public_key())
-               .serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5))
-               .not_valid_after(now + datetime.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if not ca:
-        builder = builder.add_extension(x509.SubjectAlternativeName(
-            [x509.DNSName("localhost")]), critical=False)
-    return builder.sign(issuer_key or key, hashes.SHA256())
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     """A throwaway CA, a server certificate for localhost and a client certificate."""
-    folder = tmp_path_factory.mktemp("pki")
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _certificate("foveal test CA", ca_key, ca=True)
-    files = {"ca": ca.public_bytes(serialization.Encoding.PEM)}
-    for who in ("server", "client"):
-        key = ec.generate_private_key(ec.SECP256R1())
-        files[f"{who}_cert"] = _certificate(who, key, ca, ca_key).public_bytes(
-            serialization.Encoding.PEM)
-        files[f"{who}_key"] = key.private_bytes(serialization.Encoding.PEM,
-                                                serialization.PrivateFormat.PKCS8,
-                                                serialization.NoEncryption())
-    paths = {}
-    for name, data in files.items():
-        paths[name] = folder / f"{name}.pem"
-        paths[name].write_bytes(data)
-    return files, {k: str(v) for k, v in paths.items()}
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def _secure_channel(port: int, files: dict, client_cert: bool) -> grpc.Channel:
