@@ -2,7 +2,7 @@
 
     [[models]]
     name = "gabor-small"          # how clients name it
-    kind = "gabor"                # gabor | motion-energy
+    kind = "gabor"                # see KINDS: gabor, motion-energy, resnet50, r3d_18, ...
     weights = "weights.pt"        # kinds with trained weights only
     device = "auto"               # auto | cpu | cuda | cuda:N
     precision = "float32"         # float32 | float16 | bfloat16

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from .architectures import ARCHS
 from .base import VIDEO, InputSpec, ServedModel
 from .gabor import GaborModel
 from .motion_energy import MotionEnergyModel
+from .resnets import ResNetModel
 
 
 @dataclass(frozen=True)
@@ -19,10 +22,19 @@ class Kind:
     takes_weights: bool = False
 
 
+# torchvision's preprocessing for its ImageNet and Kinetics-400 weights
+IMAGENET_INPUT = InputSpec(height=224, width=224, mean=(0.485, 0.456, 0.406),
+                           std=(0.229, 0.224, 0.225))
+KINETICS_INPUT = InputSpec(kind=VIDEO, height=112, width=112, frames=16,
+                           mean=(0.43216, 0.394666, 0.37645), std=(0.22803, 0.22145, 0.216989))
+
 KINDS: dict[str, Kind] = {
     "gabor": Kind(GaborModel, InputSpec(height=227, width=227)),
     "motion-energy": Kind(MotionEnergyModel,
                           InputSpec(kind=VIDEO, height=112, width=112, frames=16)),
+    **{arch: Kind(functools.partial(ResNetModel, arch=arch),
+                  KINETICS_INPUT if spec.kind == VIDEO else IMAGENET_INPUT, takes_weights=True)
+       for arch, spec in ARCHS.items()},
 }
 
 # name -> kind: what `foveal serve` runs without --models.
