@@ -64,13 +64,17 @@ def prune_tiles(configs: Sequence[triton.Config], m: int, n: int, k: int,
                 * c.kwargs["BLOCK_K"])]
 
 
-def autotuned(key: Sequence[str], prune: Callable[..., list[triton.Config]]):
-    """Decorator: Triton's autotuner over `tile_configs()` with a problem-aware pruner.
+def autotuned(key: Sequence[str], prune: Callable[..., list[triton.Config]],
+              configs: Sequence[triton.Config] | None = None):
+    """Decorator: Triton's autotuner over `configs` (default `tile_configs()`) with a pruner.
 
-    `prune(configs, named_args)` receives the launch's arguments by name.
+    `prune(configs, named_args)` receives the launch's arguments by name. Kernels whose blocks
+    are not (BLOCK_M, BLOCK_N, BLOCK_K) pass their own `configs`; a pruner that returns exactly
+    one config skips benchmarking (how a kernel picks its one interpreter config per shape).
     """
     def early_prune(configs, named_args, **kwargs):
         return prune(configs, named_args)
 
-    return triton.autotune(configs=tile_configs(), key=list(key),
+    chosen = tile_configs() if configs is None else list(configs)
+    return triton.autotune(configs=chosen, key=list(key),
                            prune_configs_by={"early_config_prune": early_prune})
