@@ -3,20 +3,22 @@
 Each output channel c reads one input channel, c // M, so there is no reduction over channels
 for tl.dot to accelerate: the kernel is memory-bound (about 4.5 FLOP per byte for a 3x3 in
 fp16) and is written for bandwidth. A program owns a tile of output pixels (BLOCK_H x BLOCK_W
-of one (n, d) slice) times BLOCK_C channels and walks the kernel taps in a runtime loop over a
-tap table built on the host, so a 31x31 kernel costs 961 loop trips, not 961 unrolled copies.
-Per tap it loads one shifted [pixels, channels] input tile: contiguous along channels for
-channels_last (vector loads), along W for NCHW; the overlapping tiles of neighbouring taps are
-served from L1/L2 rather than device memory. Autotuning picks the tile's shape per layout.
+of one (n, d) slice) times BLOCK_C channels and walks the kernel taps in runtime loops over
+per-axis tap tables built on the host (`axis_plan`), so a 31x31 kernel costs 961 loop trips,
+not 961 unrolled copies, and the row bounds check is hoisted out of the inner (W) loop. Per tap
+it loads one shifted [pixels, channels] input tile: contiguous along channels for channels_last
+(vector loads), along W for NCHW; the overlapping tiles of neighbouring taps come from L1/L2
+rather than device memory. Autotuning picks the tile's shape per layout.
 
-The same kernel runs the adjoint (the input gradient): with the per-stride-phase tap tables of
-`igemm.tap_plan` each output pixel of the gradient gathers from the positions that used it, and
-dL/dx of channel ci sums the M channels ci*M .. ci*M+M-1. The weight gradient is
-`depthwise_wgrad_kernel`: one tap per program, a split over positions, no atomics.
+The same kernel runs the adjoint (the input gradient): with per-stride-phase tables each pixel
+of the gradient gathers from the output positions that read it, and dL/dx of channel ci sums
+the M channels ci*M .. ci*M+M-1. The weight gradient is `depthwise_wgrad_kernel`: one tap per
+program, a split over positions, no atomics.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -26,7 +28,7 @@ import triton.language as tl
 from .autotune import autotuned
 from .backend import INTERPRETED
 from .epilogue import NO_EPILOGUE, Epilogue
-from .igemm import tap_plan
+from .igemm import axis_taps, tap_plan
 from .tensors import needs_int64
 from .tl_helpers import epilogue_store
 from .wgrad import _split_count
@@ -79,32 +81,66 @@ def _prune_wgrad(configs, args):
     return _prune_blocks(configs, {"BLOCK_P": positions, "BLOCK_C": args["CHANNELS"]})
 
 
+@functools.lru_cache(maxsize=1024)
+def axis_plan(transposed: bool, kernel: Triple, stride: Triple, padding: Triple,
+              dilation: Triple, weight_tap_strides: Triple, device: torch.device):
+    """Per-axis tap tables for `depthwise_taps`, cached per geometry.
+
+    Returns (table, counts, residues, max_taps): `table[axis, residue, i]` holds the i-th tap's
+    (input offset, weight offset along that axis) for output positions of that residue modulo
+    the stride (residue 0 only for a convolution; see `igemm.axis_taps`), `counts[axis,
+    residue]` how many there are. Three short tables instead of one entry per kxk tap let the
+    kernel hoist each axis's bounds check out of the inner loop.
+    """
+    residues = max(stride) if transposed else 1
+    per_axis = [[axis_taps(transposed, r, k, s, p, d) if r < s else []
+                 for r in range(residues)]
+                for k, s, p, d in zip(kernel, stride, padding, dilation, strict=True)]
+    max_taps = max(1, *(len(taps) for axis in per_axis for taps in axis))
+    table = torch.zeros((3, residues, max_taps, 2), dtype=torch.int32)
+    counts = torch.zeros((3, residues), dtype=torch.int32)
+    for a, axis in enumerate(per_axis):
+        for r, taps in enumerate(axis):
+            counts[a, r] = len(taps)
+            for i, (k, offset) in enumerate(taps):
+                table[a, r, i, 0] = offset
+                table[a, r, i, 1] = k * weight_tap_strides[a]
+    return table.to(device), counts.to(device), residues, max_taps
+
+
 @triton.jit
-def depthwise_taps(acc, x_ptr, w_ptr, taps_ptr, n_taps, x_rows, base_d, base_h, base_w, row_ok,
-                   x_cols, w_cols, col_ok, IN_D, IN_H, IN_W, sx_d, sx_h, sx_w):
+def depthwise_taps(acc, x_ptr, w_ptr, taps_d, n_d, taps_h, n_h, taps_w, n_w, x_rows, base_d,
+                   base_h, base_w, row_ok, x_cols, w_cols, col_ok, IN_D, IN_H, IN_W, sx_d, sx_h,
+                   sx_w):
     """acc[p, c] += sum over the taps of x[row p moved by the tap, column c] * w[column c, tap].
 
     Rows are output pixels (`x_rows` their batch offset, `base_*` their input position before
     the tap's offset), columns channels (`x_cols`/`w_cols` their offsets in x and the weight).
-    Each tap-table entry is (offset d, offset h, offset w, weight offset); zero padding is the
-    load mask. Shared by the depthwise kernel and the fused depthwise-separable kernel.
+    `taps_*`/`n_*` are one residue's per-axis tables of `axis_plan`, walked in runtime loops;
+    zero padding is the load mask. Shared by the depthwise and fused depthwise-separable
+    kernels.
     """
-    for t in range(0, n_taps):
-        entry = taps_ptr + t * 4
-        i_d = base_d + tl.load(entry)
-        i_h = base_h + tl.load(entry + 1)
-        i_w = base_w + tl.load(entry + 2)
-        ok = (row_ok & (i_d >= 0) & (i_d < IN_D) & (i_h >= 0) & (i_h < IN_H) & (i_w >= 0)
-              & (i_w < IN_W))
-        x = tl.load(x_ptr + (x_rows + i_d * sx_d + i_h * sx_h + i_w * sx_w)[:, None]
-                    + x_cols[None, :], mask=ok[:, None] & col_ok[None, :], other=0.0)
-        w = tl.load(w_ptr + w_cols + tl.load(entry + 3), mask=col_ok, other=0.0)
-        acc += x.to(acc.dtype) * w.to(acc.dtype)[None, :]
+    for td in range(0, n_d):
+        i_d = base_d + tl.load(taps_d + td * 2)
+        ok_d = row_ok & (i_d >= 0) & (i_d < IN_D)
+        w_d = w_cols + tl.load(taps_d + td * 2 + 1)
+        for th in range(0, n_h):
+            i_h = base_h + tl.load(taps_h + th * 2)
+            ok_h = ok_d & (i_h >= 0) & (i_h < IN_H)
+            w_h = w_d + tl.load(taps_h + th * 2 + 1)
+            rows = x_rows + i_d * sx_d + i_h * sx_h
+            for tw in range(0, n_w):
+                i_w = base_w + tl.load(taps_w + tw * 2)
+                ok = ok_h & (i_w >= 0) & (i_w < IN_W)
+                x = tl.load(x_ptr + (rows + i_w * sx_w)[:, None] + x_cols[None, :],
+                            mask=ok[:, None] & col_ok[None, :], other=0.0)
+                w = tl.load(w_ptr + w_h + tl.load(taps_w + tw * 2 + 1), mask=col_ok, other=0.0)
+                acc += x.to(acc.dtype) * w.to(acc.dtype)[None, :]
     return acc
 
 
 _KEY = ["BATCH", "CHANNELS", "CH_DIV", "CH_SUM", "IN_D", "IN_H", "IN_W", "OUT_D", "OUT_H",
-        "OUT_W", "IN_MUL_D", "IN_MUL_H", "IN_MUL_W", "N_PHASES", "MAX_TAPS", "sx_c", "sx_w",
+        "OUT_W", "IN_MUL_D", "IN_MUL_H", "IN_MUL_W", "RESIDUES", "MAX_TAPS", "sx_c", "sx_w",
         "sy_c", "ACTIVATION", "HAS_RESIDUAL"]
 
 
@@ -113,11 +149,11 @@ _KEY = ["BATCH", "CHANNELS", "CH_DIV", "CH_SUM", "IN_D", "IN_H", "IN_W", "OUT_D"
                             ("BLOCK_H", "BLOCK_W", "BLOCK_C")))
 @triton.jit
 def depthwise_kernel(
-    x_ptr, w_ptr, bias_ptr, res_ptr, y_ptr, z_ptr, taps_ptr, tap_count_ptr, phase_ptr,
+    x_ptr, w_ptr, bias_ptr, res_ptr, y_ptr, z_ptr, taps_ptr, tap_count_ptr,
     BATCH, CHANNELS, CH_DIV, CH_SUM,
     IN_D, IN_H, IN_W, OUT_D, OUT_H, OUT_W, J_D, J_H, J_W,
     IN_MUL_D, IN_MUL_H, IN_MUL_W, OUT_MUL_D, OUT_MUL_H, OUT_MUL_W,
-    N_PHASES, MAX_TAPS,
+    RESIDUES, MAX_TAPS,
     sx_n, sx_c, sx_d, sx_h, sx_w, sw_c,
     sy_n, sy_c, sy_d, sy_h, sy_w,
     sr_n, sr_c, sr_d, sr_h, sr_w,
@@ -147,20 +183,29 @@ def depthwise_kernel(
         c = c.to(tl.int64)
     jh = tile_h * BLOCK_H + p // BLOCK_W
     jw = tile_w * BLOCK_W + p % BLOCK_W
-    od = jd * OUT_MUL_D + tl.load(phase_ptr + phase * 3)
-    oh = jh * OUT_MUL_H + tl.load(phase_ptr + phase * 3 + 1)
-    ow = jw * OUT_MUL_W + tl.load(phase_ptr + phase * 3 + 2)
+    r_d = phase // (OUT_MUL_H * OUT_MUL_W)
+    r_h = (phase // OUT_MUL_W) % OUT_MUL_H
+    r_w = phase % OUT_MUL_W
+    od = jd * OUT_MUL_D + r_d
+    oh = jh * OUT_MUL_H + r_h
+    ow = jw * OUT_MUL_W + r_w
     row_ok = (jh < J_H) & (jw < J_W) & (od < OUT_D) & (oh < OUT_H) & (ow < OUT_W)
     c_ok = c < CHANNELS
-    n_taps = tl.load(tap_count_ptr + phase)
-    tap_table = taps_ptr + phase * MAX_TAPS * 4
+    # Axis a's table for residue r starts at entry (a * RESIDUES + r) * MAX_TAPS.
+    taps_d = taps_ptr + r_d * MAX_TAPS * 2
+    taps_h = taps_ptr + (RESIDUES + r_h) * MAX_TAPS * 2
+    taps_w = taps_ptr + (2 * RESIDUES + r_w) * MAX_TAPS * 2
+    n_d = tl.load(tap_count_ptr + r_d)
+    n_h = tl.load(tap_count_ptr + RESIDUES + r_h)
+    n_w = tl.load(tap_count_ptr + 2 * RESIDUES + r_w)
 
     if IS_FP64:
         acc = tl.zeros((BLOCK_H * BLOCK_W, BLOCK_C), dtype=tl.float64)
     else:
         acc = tl.zeros((BLOCK_H * BLOCK_W, BLOCK_C), dtype=tl.float32)
     for r in range(0, CH_SUM):
-        acc = depthwise_taps(acc, x_ptr, w_ptr, tap_table, n_taps, n * sx_n, jd * IN_MUL_D,
+        acc = depthwise_taps(acc, x_ptr, w_ptr, taps_d, n_d, taps_h, n_h, taps_w, n_w,
+                             n * sx_n, jd * IN_MUL_D,
                              jh * IN_MUL_H, jw * IN_MUL_W, row_ok,
                              ((c // CH_DIV) * CH_SUM + r) * sx_c, (c * CH_SUM + r) * sw_c, c_ok,
                              IN_D, IN_H, IN_W, sx_d, sx_h, sx_w)
@@ -187,7 +232,7 @@ def launch_depthwise(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, *
     batch = x.shape[0]
     channels = out.shape[1]
     multiplier = weight.shape[0] // groups
-    taps, counts, residues, max_taps = tap_plan(
+    taps, counts, residues, max_taps = axis_plan(
         transposed, tuple(weight.shape[2:]), stride, padding, dilation,
         tuple(weight.stride()[2:]), x.device)
     out_size = tuple(out.shape[2:])
@@ -196,16 +241,16 @@ def launch_depthwise(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, *
         in_mul, out_mul, ch_div, ch_sum = (1, 1, 1), stride, 1, multiplier
     else:
         extents, in_mul, out_mul, ch_div, ch_sum = out_size, stride, (1, 1, 1), multiplier, 1
-    n_phases = residues.numel() // 3
+    n_phases = math.prod(out_mul)
     res = residual if residual is not None else out
     grid = lambda meta: (batch * extents[0] * triton.cdiv(extents[1], meta["BLOCK_H"])
                          * triton.cdiv(extents[2], meta["BLOCK_W"]),
                          triton.cdiv(channels, meta["BLOCK_C"]), n_phases)
     depthwise_kernel[grid](
         x, weight, bias if bias is not None else out, res, out,
-        preact if preact is not None else out, taps, counts, residues,
+        preact if preact is not None else out, taps, counts,
         batch, channels, ch_div, ch_sum, *x.shape[2:], *out_size, *extents, *in_mul, *out_mul,
-        n_phases, max_taps, *x.stride(), weight.stride(0), *out.stride(),
+        residues, max_taps, *x.stride(), weight.stride(0), *out.stride(),
         *(res.stride() if residual is not None else (0,) * 5), epilogue.alpha,
         ACTIVATION=int(epilogue.activation), HAS_BIAS=bias is not None,
         HAS_RESIDUAL=residual is not None, STORE_PREACT=preact is not None,

@@ -25,16 +25,16 @@ import triton.language as tl
 
 from .autotune import autotuned, prune_tiles
 from .backend import INTERPRETED
-from .depthwise import depthwise_taps
+from .depthwise import axis_plan, depthwise_taps
 from .epilogue import NO_EPILOGUE, Epilogue
-from .igemm import input_precision, tap_plan
+from .igemm import input_precision
 from .tensors import needs_int64
 from .tl_helpers import activate, epilogue_store, mma
 
 Triple = tuple[int, int, int]
 
 _KEY = ["BATCH", "C_IN", "C_OUT", "IN_D", "IN_H", "IN_W", "OUT_D", "OUT_H", "OUT_W",
-        "STRIDE_D", "STRIDE_H", "STRIDE_W", "N_TAPS", "sx_c", "sy_c", "DEPTHWISE",
+        "STRIDE_D", "STRIDE_H", "STRIDE_W", "MAX_TAPS", "sx_c", "sy_c", "DEPTHWISE",
         "MID_ACTIVATION", "ACTIVATION", "HAS_RESIDUAL"]
 
 
@@ -46,9 +46,9 @@ def _prune(configs, args):
 @autotuned(key=_KEY, prune=_prune)
 @triton.jit
 def pointwise_kernel(
-    x_ptr, w_ptr, bias_ptr, res_ptr, y_ptr, z_ptr, dw_ptr, dw_bias_ptr, taps_ptr,
+    x_ptr, w_ptr, bias_ptr, res_ptr, y_ptr, z_ptr, dw_ptr, dw_bias_ptr, taps_ptr, tap_count_ptr,
     BATCH, C_IN, C_OUT, IN_D, IN_H, IN_W, OUT_D, OUT_H, OUT_W, STRIDE_D, STRIDE_H, STRIDE_W,
-    N_TAPS,
+    MAX_TAPS,
     sx_n, sx_c, sx_d, sx_h, sx_w, sw_out, sw_in, sdw_c,
     sy_n, sy_c, sy_d, sy_h, sy_w,
     sr_n, sr_c, sr_d, sr_h, sr_w,
@@ -83,6 +83,11 @@ def pointwise_kernel(
     x_rows = n * sx_n
     a_rows = x_rows + base_d * sx_d + base_h * sx_h + base_w * sx_w
 
+    if DEPTHWISE:  # the per-axis tap tables of depthwise.axis_plan, residue 0
+        n_d = tl.load(tap_count_ptr)
+        n_h = tl.load(tap_count_ptr + 1)
+        n_w = tl.load(tap_count_ptr + 2)
+
     if IS_FP64:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64)
     else:
@@ -92,7 +97,8 @@ def pointwise_kernel(
         c_ok = c < C_IN
         if DEPTHWISE:
             mid = tl.zeros((BLOCK_M, BLOCK_K), dtype=acc.dtype)
-            mid = depthwise_taps(mid, x_ptr, dw_ptr, taps_ptr, N_TAPS, x_rows, base_d, base_h,
+            mid = depthwise_taps(mid, x_ptr, dw_ptr, taps_ptr, n_d, taps_ptr + MAX_TAPS * 2,
+                                 n_h, taps_ptr + MAX_TAPS * 4, n_w, x_rows, base_d, base_h,
                                  base_w, row_ok, c * sx_c, c * sdw_c, c_ok, IN_D, IN_H, IN_W,
                                  sx_d, sx_h, sx_w)
             if HAS_DW_BIAS:
@@ -142,11 +148,12 @@ def launch_pointwise(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, *
     out_size = tuple(out.shape[2:])
     if depthwise is None:
         dw, dw_bias, mid = out, None, NO_EPILOGUE
-        taps, n_taps, dw_channel_stride = out, 0, 0
+        taps, counts, max_taps, dw_channel_stride = out, out, 0, 0
     else:
         dw, dw_bias, mid = depthwise.weight, depthwise.bias, depthwise.epilogue
-        taps, _, _, n_taps = tap_plan(False, tuple(dw.shape[2:]), stride, depthwise.padding,
-                                      depthwise.dilation, tuple(dw.stride()[2:]), x.device)
+        taps, counts, _, max_taps = axis_plan(False, tuple(dw.shape[2:]), stride,
+                                              depthwise.padding, depthwise.dilation,
+                                              tuple(dw.stride()[2:]), x.device)
         dw_channel_stride = dw.stride(0)
     res = residual if residual is not None else out
     rows = batch * out_size[0] * out_size[1] * out_size[2]
@@ -154,7 +161,7 @@ def launch_pointwise(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, *
     pointwise_kernel[grid](
         x, weight, bias if bias is not None else out, res, out,
         preact if preact is not None else out, dw, dw_bias if dw_bias is not None else out, taps,
-        batch, c_in, c_out, *x.shape[2:], *out_size, *stride, n_taps,
+        counts, batch, c_in, c_out, *x.shape[2:], *out_size, *stride, max_taps,
         *x.stride(), weight.stride(0), weight.stride(1), dw_channel_stride, *out.stride(),
         *(res.stride() if residual is not None else (0,) * 5), epilogue.alpha, mid.alpha,
         ACTIVATION=int(epilogue.activation), MID_ACTIVATION=int(mid.activation),
