@@ -7,11 +7,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from foveal.kernels import conv, conv1d, conv2d, conv3d
 from tolerances import assert_close_to_reference
 
-from foveal.kernels import conv, conv1d, conv2d, conv3d
-
 from .helpers import activate, assert_layout_like, make_input
+
+pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same':UserWarning")
 
 OURS = {1: conv1d, 2: conv2d, 3: conv3d}
 TORCH = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
