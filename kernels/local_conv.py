@@ -53,6 +53,35 @@ def _prune(configs, args):
                        args["x_ptr"].element_size())
 
 
+@triton.jit
+def _pixel_tile(ROWS, COLS, OUT_W, INT64: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """This program's [rows, columns] tile, reduction lanes, group and output pixel.
+
+    Grid axis 0 runs the column blocks fastest, then the row blocks, then the pixels (so the
+    programs of one pixel, which share its weight block, run together); axis 1 is the group.
+    """
+    num_pid_n = tl.cdiv(COLS, BLOCK_N)
+    num_pid_m = tl.cdiv(ROWS, BLOCK_M)
+    pid = tl.program_id(0)
+    group = tl.program_id(1)
+    t = pid // num_pid_n
+    pixel = t // num_pid_m
+    oh = pixel // OUT_W
+    ow = pixel % OUT_W
+    rm = (t % num_pid_m) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = (pid % num_pid_n) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    if INT64:  # every offset computed from these then widens to int64
+        rm = rm.to(tl.int64)
+        rn = rn.to(tl.int64)
+        rk = rk.to(tl.int64)
+        group = group.to(tl.int64)
+        oh = oh.to(tl.int64)
+        ow = ow.to(tl.int64)
+    return rm, rn, rk, group, oh, ow
+
+
 @autotuned(key=_KEY, prune=_prune)
 @triton.jit
 def local_conv_kernel(
@@ -74,26 +103,8 @@ def local_conv_kernel(
     # channels). Forward: source x, weight at this pixel, reduction over input channels.
     # TRANSPOSED (dL/dx): source dL/dz, weight at the source pixel, reduction over output
     # channels, the phase of this pixel modulo the stride choosing the taps.
-    num_pid_n = tl.cdiv(COL_G, BLOCK_N)
-    num_pid_m = tl.cdiv(BATCH, BLOCK_M)
-    pid = tl.program_id(0)
-    group = tl.program_id(1)
-    pid_n = pid % num_pid_n
-    t = pid // num_pid_n
-    pid_m = t % num_pid_m
-    pixel = t // num_pid_m
-    oh = pixel // OUT_W
-    ow = pixel % OUT_W
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
-    if INT64:
-        rm = rm.to(tl.int64)
-        rn = rn.to(tl.int64)
-        rk = rk.to(tl.int64)
-        group = group.to(tl.int64)
-        oh = oh.to(tl.int64)
-        ow = ow.to(tl.int64)
+    rm, rn, rk, group, oh, ow = _pixel_tile(BATCH, COL_G, OUT_W, INT64, BLOCK_M, BLOCK_N,
+                                            BLOCK_K)
     m_ok = rm < BATCH
     n_ok = rn < COL_G
     phase = (oh % OUT_MUL_H) * OUT_MUL_W + ow % OUT_MUL_W
@@ -165,26 +176,8 @@ def local_wgrad_kernel(
     # dW[p, q, g*COUT_G + o, i, tap] = sum over n of dy[n, g*COUT_G + o, p, q]
     #                                              * x[n, g*C_G + i, (p, q)*S + offset(tap)]
     # Rows: output channels o; columns: (tap, i); reduction: the batch.
-    num_pid_n = tl.cdiv(N_TAPS * C_G, BLOCK_N)
-    num_pid_m = tl.cdiv(COUT_G, BLOCK_M)
-    pid = tl.program_id(0)
-    group = tl.program_id(1)
-    pid_n = pid % num_pid_n
-    t = pid // num_pid_n
-    pid_m = t % num_pid_m
-    pixel = t // num_pid_m
-    oh = pixel // OUT_W
-    ow = pixel % OUT_W
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
-    if INT64:
-        rm = rm.to(tl.int64)
-        rn = rn.to(tl.int64)
-        rk = rk.to(tl.int64)
-        group = group.to(tl.int64)
-        oh = oh.to(tl.int64)
-        ow = ow.to(tl.int64)
+    rm, rn, rk, group, oh, ow = _pixel_tile(COUT_G, N_TAPS * C_G, OUT_W, INT64, BLOCK_M,
+                                            BLOCK_N, BLOCK_K)
     m_ok = rm < COUT_G
     n_ok = rn < N_TAPS * C_G
     tap = rn // C_G

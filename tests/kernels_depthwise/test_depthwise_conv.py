@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from foveal.kernels import conv, conv1d, conv2d, conv3d
+from foveal.kernels import conv, conv1d, conv2d, conv3d, depthwise
 from tolerances import assert_close_to_reference
 
 from .helpers import activate, assert_layout_like, make_input
@@ -153,6 +153,21 @@ def test_backward_float32_matches_float64(layout):
     assert_close_to_reference(gx, rx, reduction=30)
     assert_close_to_reference(gw, rw, reduction=2 * out.shape[2] * out.shape[3])
     assert_close_to_reference(gb, rb, reduction=2 * out.shape[2] * out.shape[3])
+
+
+def test_int64_indexing_path(monkeypatch):
+    """The widened offsets used for tensors past 2**31 elements, on a small problem."""
+    monkeypatch.setattr(depthwise, "needs_int64", lambda *tensors: True)
+    x = make_input((2, 3, 6, 7), "channels_last").requires_grad_()
+    w = torch.randn(6, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    out = conv2d(x, w, None, 2, 1, 1, 3, activation="relu")
+    gx, gw = torch.autograd.grad(out.sum(), (x, w))
+    x64, w64 = x.detach().requires_grad_(), w.detach().requires_grad_()
+    ref = F.relu(F.conv2d(x64, w64, None, 2, 1, 1, 3))
+    rx, rw = torch.autograd.grad(ref.sum(), (x64, w64))
+    assert_close_to_reference(out, ref, reduction=9)
+    assert_close_to_reference(gx, rx, reduction=18)
+    assert_close_to_reference(gw, rw, reduction=24)
 
 
 def test_bad_arguments_are_named():

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from foveal.kernels import depthwise_separable, depthwise_separable_conv2d, use_backend
+from foveal.kernels import (
+    depthwise,
+    depthwise_separable,
+    depthwise_separable_conv2d,
+    pointwise,
+    use_backend,
+)
 from foveal.kernels.nn import DepthwiseSeparableConv2d
 from tolerances import assert_close_to_reference
 from torch import nn
@@ -134,6 +140,21 @@ def test_backward_float32_matches_float64():
     for got, want, reduction in zip(grads, expected, (8 * 9, positions * 9, positions,
                                                       positions, positions), strict=True):
         assert_close_to_reference(got, want, reduction=reduction, scale=3.0)
+
+
+def test_int64_indexing_path(monkeypatch):
+    for module in (pointwise, depthwise):
+        monkeypatch.setattr(module, "needs_int64", lambda *tensors: True)
+    x = make_input((1, 3, 6, 5), "channels_last").requires_grad_()
+    params = [t.requires_grad_() for t in make_block(3, 4, (3, 3))]
+    out = depthwise_separable_conv2d(x, *params, 2, 1, 1, "relu", None)
+    grads = torch.autograd.grad(out.sum(), (x, *params))
+    leaves = [t.detach().requires_grad_() for t in (x, *params)]
+    ref = reference(*leaves, 2, 1, 1, "relu", None, None)
+    expected = torch.autograd.grad(ref.sum(), leaves)
+    assert_close_to_reference(out, ref, reduction=27)
+    for got, want in zip(grads, expected, strict=True):
+        assert_close_to_reference(got, want, reduction=27, scale=3.0)
 
 
 def test_torch_backend_matches():

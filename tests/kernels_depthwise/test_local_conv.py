@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from foveal.kernels import local_conv2d, output_shape, use_backend
+from foveal.kernels import local_conv, local_conv2d, output_shape, use_backend
 from foveal.kernels.nn import LocalConv2d
 from tolerances import assert_close_to_reference
 
@@ -126,6 +126,21 @@ def test_backward_float32_matches_float64(bias_kind):
     reductions = (3 * 9, 3, 3 if bias_kind == "per_pixel" else 3 * out.shape[2] * out.shape[3])
     for got, want, reduction in zip(grads, expected, reductions, strict=True):
         assert_close_to_reference(got, want, reduction=reduction)
+
+
+def test_int64_indexing_path(monkeypatch):
+    monkeypatch.setattr(local_conv, "needs_int64", lambda *tensors: True)
+    x, weight, bias = make_case((4, 5), 2, 3, (2, 2), (1, 2), 1, (1, 1), 1, "per_pixel",
+                                "channels_last", batch=1)
+    leaves = [t.requires_grad_() for t in (x, weight, bias)]
+    out = local_conv2d(*leaves, (1, 2), 1)
+    grads = torch.autograd.grad(out.sum(), leaves)
+    leaves64 = [t.detach().requires_grad_() for t in leaves]
+    ref = reference(*leaves64, (1, 2), 1, (1, 1), 1)
+    expected = torch.autograd.grad(ref.sum(), leaves64)
+    assert_close_to_reference(out, ref, reduction=8)
+    for got, want in zip(grads, expected, strict=True):
+        assert_close_to_reference(got, want, reduction=8)
 
 
 def test_module():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from foveal.kernels import conv, conv1d, conv2d, conv3d
+from foveal.kernels import conv, conv1d, conv2d, conv3d, pointwise
 from tolerances import assert_close_to_reference
 
 from .helpers import activate, assert_layout_like, make_input
@@ -82,6 +82,15 @@ def test_stride_one_backward_stays_on_the_gemm_path(monkeypatch):
     assert_layout_like(gx, x)
     assert_close_to_reference(gx, rx, reduction=36)
     assert_close_to_reference(gw, rw, reduction=60)
+
+
+def test_int64_indexing_path(monkeypatch):
+    monkeypatch.setattr(pointwise, "needs_int64", lambda *tensors: True)
+    x = make_input((2, 5, 4, 6), "strided")
+    w = torch.randn(7, 5, 1, 1, dtype=torch.float64)
+    r = torch.randn(2, 7, 4, 6, dtype=torch.float64)
+    out = conv2d(x, w, residual=r, activation="silu")
+    assert_close_to_reference(out, F.silu(F.conv2d(x, w) + r), reduction=5)
 
 
 @pytest.mark.gpu
