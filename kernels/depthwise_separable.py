@@ -14,8 +14,8 @@ BatchNorm after either convolution folds in ahead of time (eval mode):
 weight; `nn.DepthwiseSeparableConv2d.from_modules` does it for a torch block.
 
 Backward (autograd) recomputes the intermediate with the depthwise kernel rather than storing
-it in the forward, then runs the 1x1's gradients (GEMM and weight gradient), the mid
-activation's derivative and the depthwise gradients, all in Triton.
+it in the forward, then runs the 1x1's and the depthwise convolution's gradients through
+conv.py's backward kernels (pointwise GEMM, depthwise adjoint, weight gradients), all Triton.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from torch.autograd.function import once_differentiable
 
 from .backend import backend_for
 from .checks import check_bias, check_residual, check_same_device_dtype, check_tensor
-from .depthwise import depthwise_weight_grad, launch_depthwise
+from .conv import _launch_forward, conv_input_grad, conv_weight_grad
 from .elementwise import activation_backward, channel_sum
 from .epilogue import (
     Activation,
@@ -39,7 +39,6 @@ from .epilogue import (
 from .geometry import ConvGeometry, PaddingArg, conv_geometry
 from .pointwise import DepthwiseStage, launch_pointwise
 from .tensors import as_5d, empty_like_layout, pad_front
-from .wgrad import weight_grad
 
 OP = "depthwise_separable_conv2d"
 IntArg = int | tuple[int, int]
@@ -52,25 +51,14 @@ def _parse(name: str, activation: ActivationArg) -> Epilogue:
         raise type(error)(f"{OP}: {name}: {error}") from None
 
 
-def _check_weights(input: torch.Tensor, dw_weight: torch.Tensor,
-                   pw_weight: torch.Tensor) -> None:
-    channels = input.shape[-3]
+def _check_weights(x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor) -> None:
+    channels = x.shape[-3]
     if dw_weight.shape[0] != channels or dw_weight.shape[1] != 1:
         raise ValueError(f"{OP}: dw_weight must have shape ({channels}, 1, kH, kW), one filter "
                          f"per input channel (channel multiplier 1), got {tuple(dw_weight.shape)}")
     if pw_weight.shape[1] != channels or tuple(pw_weight.shape[2:]) != (1, 1):
         raise ValueError(f"{OP}: pw_weight must have shape (C_out, {channels}, 1, 1), got "
                          f"{tuple(pw_weight.shape)}")
-
-
-def _mid_shape(geometry: ConvGeometry) -> tuple[int, ...]:
-    return (geometry.batch, geometry.in_channels, *geometry.output_size)
-
-
-def _depthwise_stage(dw_weight, dw_bias, geometry: ConvGeometry,
-                     mid: Epilogue) -> DepthwiseStage:
-    return DepthwiseStage(as_5d(dw_weight), dw_bias, pad_front(geometry.padding, 0),
-                          pad_front(geometry.dilation, 1), mid)
 
 
 def _launch_fused(x, dw_weight, pw_weight, dw_bias, pw_bias, residual, geometry, mid, epilogue,
@@ -80,19 +68,10 @@ def _launch_fused(x, dw_weight, pw_weight, dw_bias, pw_bias, residual, geometry,
     launch_pointwise(as_5d(x), as_5d(pw_weight), as_5d(out), stride=pad_front(geometry.stride, 1),
                      bias=pw_bias, residual=None if residual is None else as_5d(residual),
                      preact=None if preact is None else as_5d(preact), epilogue=epilogue,
-                     depthwise=_depthwise_stage(dw_weight, dw_bias, geometry, mid))
+                     depthwise=DepthwiseStage(as_5d(dw_weight), dw_bias,
+                                              pad_front(geometry.padding, 0),
+                                              pad_front(geometry.dilation, 1), mid))
     return out, preact
-
-
-def _recompute_mid(x, dw_weight, dw_bias, geometry: ConvGeometry, mid: Epilogue):
-    """The intermediate m = mid(depthwise(x) + dw_bias) and what its derivative needs."""
-    m = empty_like_layout(_mid_shape(geometry), x)
-    z = torch.empty_like(m) if mid.grad_needs_preactivation else None
-    launch_depthwise(as_5d(x), as_5d(dw_weight), as_5d(m), groups=geometry.groups,
-                     stride=pad_front(geometry.stride, 1), padding=pad_front(geometry.padding, 0),
-                     dilation=pad_front(geometry.dilation, 1), transposed=False, bias=dw_bias,
-                     preact=None if z is None else as_5d(z), epilogue=mid)
-    return m, (z if z is not None else m)
 
 
 class _DepthwiseSeparableFunction(torch.autograd.Function):
@@ -115,38 +94,26 @@ class _DepthwiseSeparableFunction(torch.autograd.Function):
         dz = grad_out
         if epilogue.activation is not Activation.NONE:
             dz = activation_backward(grad_out, saved, epilogue)
-        m, m_saved = _recompute_mid(x, dw_weight, dw_bias, geometry, mid)
-        one = (1, 1, 1)
-        d_pw = None
-        if need_pw:
-            d_pw = weight_grad(as_5d(dz), as_5d(m), as_5d(pw_weight).shape, groups=1,
-                               stride=one, padding=(0, 0, 0), dilation=one,
-                               dtype=pw_weight.dtype).reshape(pw_weight.shape)
+        # Recompute the intermediate m = mid(depthwise(x) + dw_bias) (and its pre-activation
+        # when the mid activation's derivative needs it): the forward never stored it.
+        m, m_preact = _launch_forward(x, dw_weight, dw_bias, None, geometry, mid,
+                                      mid.grad_needs_preactivation)
+        pointwise = conv_geometry(tuple(m.shape), tuple(pw_weight.shape), 1, 0, 1, 1, 2)
+        d_pw = conv_weight_grad(dz, m, pw_weight, pointwise) if need_pw else None
         d_pwb = channel_sum(dz, pw_weight.dtype) if need_pwb else None
         d_x = d_dw = d_dwb = None
         if need_x or need_dw or need_dwb:
-            dm = torch.empty_like(m)
-            launch_pointwise(as_5d(dz), as_5d(pw_weight).transpose(0, 1), as_5d(dm), stride=one)
-            dzm = dm if mid.activation is Activation.NONE else activation_backward(dm, m_saved,
-                                                                                    mid)
-            stride = pad_front(geometry.stride, 1)
-            padding = pad_front(geometry.padding, 0)
-            dilation = pad_front(geometry.dilation, 1)
-            if need_x:
-                d_x = empty_like_layout(tuple(x.shape), x)
-                launch_depthwise(as_5d(dzm), as_5d(dw_weight), as_5d(d_x), groups=geometry.groups,
-                                 stride=stride, padding=padding, dilation=dilation,
-                                 transposed=True)
-            if need_dw:
-                d_dw = depthwise_weight_grad(as_5d(dzm), as_5d(x), as_5d(dw_weight).shape,
-                                             stride=stride, padding=padding, dilation=dilation,
-                                             dtype=dw_weight.dtype).reshape(dw_weight.shape)
-            d_dwb = channel_sum(dzm, dw_weight.dtype) if need_dwb else None
+            dm = conv_input_grad(dz, pw_weight, m, pointwise)
+            if mid.activation is not Activation.NONE:
+                dm = activation_backward(dm, m if m_preact is None else m_preact, mid)
+            d_x = conv_input_grad(dm, dw_weight, x, geometry) if need_x else None
+            d_dw = conv_weight_grad(dm, x, dw_weight, geometry) if need_dw else None
+            d_dwb = channel_sum(dm, dw_weight.dtype) if need_dwb else None
         return d_x, d_dw, d_pw, d_dwb, d_pwb, dz if need_r else None, None, None, None
 
 
-def _torch_ops(x, dw_weight, pw_weight, dw_bias, pw_bias, residual, geometry, mid,
-                     epilogue, stride, padding, dilation):
+def _torch_ops(x, dw_weight, pw_weight, dw_bias, pw_bias, residual, geometry, mid, epilogue,
+               stride, padding, dilation):
     """PyTorch's own ops, for the torch backend (serving on a CPU)."""
     m = activate(F.conv2d(x, dw_weight, dw_bias, stride, padding, dilation, geometry.groups), mid)
     return apply_epilogue(F.conv2d(m, pw_weight, pw_bias), None, residual, epilogue)
@@ -187,8 +154,8 @@ def depthwise_separable_conv2d(
     res = residual.unsqueeze(0) if unbatched and residual is not None else residual
 
     if backend_for(x4.device) == "torch":
-        out = _torch_ops(x4, dw_weight, pw_weight, dw_bias, pw_bias, res, geometry, mid,
-                               epilogue, stride, padding, dilation)
+        out = _torch_ops(x4, dw_weight, pw_weight, dw_bias, pw_bias, res, geometry, mid, epilogue,
+                         stride, padding, dilation)
     elif x4.numel() == 0 or 0 in out_shape:
         out = apply_epilogue(empty_like_layout(out_shape, x4).zero_(), pw_bias, res, epilogue)
     elif torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from foveal.kernels import (
+    conv,
     depthwise,
     depthwise_separable,
     depthwise_separable_conv2d,
@@ -100,7 +101,7 @@ def test_forward_is_one_launch_without_the_depthwise_kernel(monkeypatch):
         raise AssertionError("the fused forward ran a separate depthwise launch")
 
     monkeypatch.setattr(depthwise_separable, "launch_pointwise", counting)
-    monkeypatch.setattr(depthwise_separable, "launch_depthwise", refuse)
+    monkeypatch.setattr(conv, "launch_depthwise", refuse)
     x = torch.randn(1, 4, 5, 5, dtype=torch.float64)
     dw, pw, dw_bias, pw_bias = make_block(4, 6, (3, 3))
     out = depthwise_separable_conv2d(x, dw, pw, dw_bias, pw_bias, padding=1)
