@@ -77,8 +77,7 @@ def _prune_forward(configs, args):
 
 
 def _prune_wgrad(configs, args):
-    positions = args["BATCH"] * args["OUT_D"] * args["OUT_H"] * args["OUT_W"]
-    return _prune_blocks(configs, {"BLOCK_P": positions, "BLOCK_C": args["CHANNELS"]})
+    return _prune_blocks(configs, {"BLOCK_P": args["POSITIONS"], "BLOCK_C": args["CHANNELS"]})
 
 
 @functools.lru_cache(maxsize=1024)
@@ -258,7 +257,7 @@ def launch_depthwise(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, *
     )
 
 
-_WGRAD_KEY = ["BATCH", "CHANNELS", "CH_DIV", "IN_D", "IN_H", "IN_W", "OUT_D", "OUT_H", "OUT_W",
+_WGRAD_KEY = ["POSITIONS", "CHANNELS", "CH_DIV", "IN_D", "IN_H", "IN_W", "OUT_D", "OUT_H", "OUT_W",
               "STRIDE_D", "STRIDE_H", "STRIDE_W", "N_TAPS", "K_PER_SPLIT", "sdy_c", "sx_c"]
 
 
@@ -268,7 +267,7 @@ _WGRAD_KEY = ["BATCH", "CHANNELS", "CH_DIV", "IN_D", "IN_H", "IN_W", "OUT_D", "O
 @triton.jit
 def depthwise_wgrad_kernel(
     dy_ptr, x_ptr, part_ptr, taps_ptr,
-    BATCH, CHANNELS, CH_DIV, IN_D, IN_H, IN_W, OUT_D, OUT_H, OUT_W,
+    POSITIONS, CHANNELS, CH_DIV, IN_D, IN_H, IN_W, OUT_D, OUT_H, OUT_W,
     STRIDE_D, STRIDE_H, STRIDE_W, N_TAPS, K_PER_SPLIT,
     sdy_n, sdy_c, sdy_d, sdy_h, sdy_w,
     sx_n, sx_c, sx_d, sx_h, sx_w,
@@ -292,9 +291,8 @@ def depthwise_wgrad_kernel(
     dy_cols = c * sdy_c
     x_cols = (c // CH_DIV) * sx_c
 
-    k_total = BATCH * OUT_D * OUT_H * OUT_W
     k_lo = split * K_PER_SPLIT
-    k_hi = tl.minimum(k_total, k_lo + K_PER_SPLIT)
+    k_hi = tl.minimum(POSITIONS, k_lo + K_PER_SPLIT)
     if IS_FP64:
         acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float64)
     else:
@@ -341,7 +339,7 @@ def depthwise_weight_grad(dy: torch.Tensor, x: torch.Tensor, weight_shape: tuple
     part = torch.empty((splits, channels, n_taps), device=x.device, dtype=acc_dtype)
     grid = lambda meta: (n_taps, triton.cdiv(channels, meta["BLOCK_C"]), splits)
     depthwise_wgrad_kernel[grid](
-        dy, x, part, taps, batch, channels, channels // x.shape[1], *x.shape[2:],
+        dy, x, part, taps, positions, channels, channels // x.shape[1], *x.shape[2:],
         *dy.shape[2:], *stride, n_taps, per_split, *dy.stride(), *x.stride(), *part.stride(),
         INT64=needs_int64(dy, x), IS_FP64=x.dtype == torch.float64,
     )

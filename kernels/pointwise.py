@@ -33,21 +33,21 @@ from .tl_helpers import activate, epilogue_store, mma
 
 Triple = tuple[int, int, int]
 
-_KEY = ["BATCH", "C_IN", "C_OUT", "IN_D", "IN_H", "IN_W", "OUT_D", "OUT_H", "OUT_W",
+_KEY = ["ROWS", "C_IN", "C_OUT", "IN_D", "IN_H", "IN_W", "OUT_D", "OUT_H", "OUT_W",
         "STRIDE_D", "STRIDE_H", "STRIDE_W", "MAX_TAPS", "sx_c", "sy_c", "DEPTHWISE",
         "MID_ACTIVATION", "ACTIVATION", "HAS_RESIDUAL"]
 
 
 def _prune(configs, args):
-    rows = args["BATCH"] * args["OUT_D"] * args["OUT_H"] * args["OUT_W"]
-    return prune_tiles(configs, rows, args["C_OUT"], args["C_IN"], args["x_ptr"].element_size())
+    return prune_tiles(configs, args["ROWS"], args["C_OUT"], args["C_IN"],
+                       args["x_ptr"].element_size())
 
 
 @autotuned(key=_KEY, prune=_prune)
 @triton.jit
 def pointwise_kernel(
     x_ptr, w_ptr, bias_ptr, res_ptr, y_ptr, z_ptr, dw_ptr, dw_bias_ptr, taps_ptr, tap_count_ptr,
-    BATCH, C_IN, C_OUT, IN_D, IN_H, IN_W, OUT_D, OUT_H, OUT_W, STRIDE_D, STRIDE_H, STRIDE_W,
+    ROWS, C_IN, C_OUT, IN_D, IN_H, IN_W, OUT_D, OUT_H, OUT_W, STRIDE_D, STRIDE_H, STRIDE_W,
     MAX_TAPS,
     sx_n, sx_c, sx_d, sx_h, sx_w, sw_out, sw_in, sdw_c,
     sy_n, sy_c, sy_d, sy_h, sy_w,
@@ -75,7 +75,7 @@ def pointwise_kernel(
     t = t // OUT_H
     od = t % OUT_D
     n = t // OUT_D
-    row_ok = rm < BATCH * OUT_D * OUT_H * OUT_W
+    row_ok = rm < ROWS
     n_ok = rn < C_OUT
     base_d = od * STRIDE_D
     base_h = oh * STRIDE_H
@@ -108,7 +108,7 @@ def pointwise_kernel(
         else:
             a = tl.load(x_ptr + a_rows[:, None] + (c * sx_c)[None, :],
                         mask=row_ok[:, None] & c_ok[None, :], other=0.0)
-        # Channels >= C_IN load zero weights, so whatever `a` holds there adds nothing.
+        # Channels >= C_IN hold act(0) in `a` and load zero weights: they add nothing.
         b = tl.load(w_ptr + (c * sw_in)[:, None] + (rn * sw_out)[None, :],
                     mask=c_ok[:, None] & n_ok[None, :], other=0.0)
         acc = mma(acc, a, b, INPUT_PRECISION, UPCAST)
@@ -161,7 +161,7 @@ def launch_pointwise(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, *
     pointwise_kernel[grid](
         x, weight, bias if bias is not None else out, res, out,
         preact if preact is not None else out, dw, dw_bias if dw_bias is not None else out, taps,
-        counts, batch, c_in, c_out, *x.shape[2:], *out_size, *stride, max_taps,
+        counts, rows, c_in, c_out, *x.shape[2:], *out_size, *stride, max_taps,
         *x.stride(), weight.stride(0), weight.stride(1), dw_channel_stride, *out.stride(),
         *(res.stride() if residual is not None else (0,) * 5), epilogue.alpha, mid.alpha,
         ACTIVATION=int(epilogue.activation), MID_ACTIVATION=int(mid.activation),
