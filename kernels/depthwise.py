@@ -30,7 +30,7 @@ from .backend import INTERPRETED
 from .epilogue import NO_EPILOGUE, Epilogue
 from .igemm import axis_taps, tap_plan
 from .tensors import needs_int64
-from .tl_helpers import epilogue_store
+from .tl_helpers import epilogue_store, unflatten_position
 from .wgrad import _split_count
 
 Triple = tuple[int, int, int]
@@ -300,12 +300,7 @@ def depthwise_wgrad_kernel(
     for k0 in range(k_lo, k_hi, BLOCK_P):
         k = k0 + rp
         k_ok = k < k_hi
-        ow = k % OUT_W
-        t = k // OUT_W
-        oh = t % OUT_H
-        t = t // OUT_H
-        od = t % OUT_D
-        n = t // OUT_D
+        n, od, oh, ow = unflatten_position(k, OUT_D, OUT_H, OUT_W)
         g = tl.load(dy_ptr + (n * sdy_n + od * sdy_d + oh * sdy_h + ow * sdy_w)[:, None]
                     + dy_cols[None, :], mask=k_ok[:, None] & c_ok[None, :], other=0.0)
         i_d = od * STRIDE_D + off_d

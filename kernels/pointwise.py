@@ -29,7 +29,7 @@ from .depthwise import axis_plan, depthwise_taps
 from .epilogue import NO_EPILOGUE, Epilogue
 from .igemm import input_precision
 from .tensors import needs_int64
-from .tl_helpers import activate, epilogue_store, mma
+from .tl_helpers import activate, epilogue_store, mma, unflatten_position
 
 Triple = tuple[int, int, int]
 
@@ -69,12 +69,7 @@ def pointwise_kernel(
         rm = rm.to(tl.int64)
         rn = rn.to(tl.int64)
         rk = rk.to(tl.int64)
-    ow = rm % OUT_W
-    t = rm // OUT_W
-    oh = t % OUT_H
-    t = t // OUT_H
-    od = t % OUT_D
-    n = t // OUT_D
+    n, od, oh, ow = unflatten_position(rm, OUT_D, OUT_H, OUT_W)
     row_ok = rm < ROWS
     n_ok = rn < C_OUT
     base_d = od * STRIDE_D
