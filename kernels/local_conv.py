@@ -9,11 +9,12 @@ C_in/groups, kH, kW), bias (C_out,) shared by every pixel or (C_out, H_out, W_ou
 Each output pixel is its own small GEMM, (batch x C_G*kH*kW) @ (C_G*kH*kW x C_out/groups), and
 each weight element serves only the batch, so the op is bound by reading the weight (H_out *
 W_out times a convolution's). A program owns one pixel, one group and a [batch, out channel]
-tile, and reduces over (tap, channel) through the host-built tap table, as the implicit GEMM
-does. The input gradient is the same kernel in its transposed mode: each input pixel gathers
-from the output pixels that read it through the per-stride-phase tables of `igemm.tap_plan`,
-with the weight taken at those output pixels. The weight gradient is a GEMM over the batch per
-pixel (`local_wgrad_kernel`), written straight into the weight's layout.
+tile, and reduces over (channel, tap) through the host-built tap table, as the implicit GEMM
+does; channel-major, so a contiguous weight streams along the reduction. The input gradient is
+the same kernel in its transposed mode: each input pixel gathers from the output pixels that
+read it through the per-stride-phase tables of `igemm.tap_plan`, with the weight taken at those
+output pixels. The weight gradient is a GEMM over the batch per pixel (`local_wgrad_kernel`),
+written straight into the weight's layout.
 """
 
 from __future__ import annotations
@@ -99,8 +100,8 @@ def local_conv_kernel(
     UPCAST: tl.constexpr, INT64: tl.constexpr, IS_FP64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    # Rows: batch; columns: COL_G output channels of the group; reduction: (tap, RED_G source
-    # channels). Forward: source x, weight at this pixel, reduction over input channels.
+    # Rows: batch; columns: COL_G output channels of the group; reduction: (RED_G source
+    # channels, taps). Forward: source x, weight at this pixel, reduction over input channels.
     # TRANSPOSED (dL/dx): source dL/dz, weight at the source pixel, reduction over output
     # channels, the phase of this pixel modulo the stride choosing the taps.
     rm, rn, rk, group, oh, ow = _pixel_tile(BATCH, COL_G, OUT_W, INT64, BLOCK_M, BLOCK_N,
@@ -126,8 +127,8 @@ def local_conv_kernel(
     for k0 in range(0, k_total, BLOCK_K):
         k = k0 + rk
         k_ok = k < k_total
-        tap = k // RED_G
-        c = k - tap * RED_G
+        c = k // n_taps
+        tap = k - c * n_taps
         entry = tap_table + tap * 4
         i_h = base_h + tl.load(entry + 1, mask=k_ok, other=0)
         i_w = base_w + tl.load(entry + 2, mask=k_ok, other=0)
@@ -175,13 +176,13 @@ def local_wgrad_kernel(
 ):
     # dW[p, q, g*COUT_G + o, i, tap] = sum over n of dy[n, g*COUT_G + o, p, q]
     #                                              * x[n, g*C_G + i, (p, q)*S + offset(tap)]
-    # Rows: output channels o; columns: (tap, i); reduction: the batch.
+    # Rows: output channels o; columns: (i, tap), as dW is laid out; reduction: the batch.
     rm, rn, rk, group, oh, ow = _pixel_tile(COUT_G, N_TAPS * C_G, OUT_W, INT64, BLOCK_M,
                                             BLOCK_N, BLOCK_K)
     m_ok = rm < COUT_G
     n_ok = rn < N_TAPS * C_G
-    tap = rn // C_G
-    c = rn - tap * C_G
+    c = rn // N_TAPS
+    tap = rn - c * N_TAPS
     i_h = oh * STRIDE_H + tl.load(taps_ptr + tap * 4 + 1, mask=n_ok, other=0)
     i_w = ow * STRIDE_W + tl.load(taps_ptr + tap * 4 + 2, mask=n_ok, other=0)
     w_tap = tl.load(taps_ptr + tap * 4 + 3, mask=n_ok, other=0)
