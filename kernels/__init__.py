@@ -22,14 +22,18 @@ from .conv import (
     conv_transpose2d,
     conv_transpose3d,
 )
+from .depthwise_separable import depthwise_separable_conv2d
 from .epilogue import ACTIVATION_NAMES
 from .geometry import ConvGeometry, conv_output_length, output_shape, transposed_output_length
+from .local_conv import local_conv2d
 from .nn import patch
+from .separable import SeparableFactors, factorize_separable, separable_conv2d
 
 __all__ = [
     "ACTIVATION_NAMES",
     "BackendUnavailable",
     "ConvGeometry",
+    "SeparableFactors",
     "backend_for",
     "conv1d",
     "conv2d",
@@ -38,11 +42,15 @@ __all__ = [
     "conv_transpose1d",
     "conv_transpose2d",
     "conv_transpose3d",
+    "depthwise_separable_conv2d",
+    "factorize_separable",
     "fold_batchnorm",
     "get_backend_preference",
+    "local_conv2d",
     "nn",
     "output_shape",
     "patch",
+    "separable_conv2d",
     "set_backend",
     "transposed_output_length",
     "use_backend",

@@ -1,5 +1,10 @@
 """The one autotuning setup for foveal's tiled (tl.dot) kernels.
 
+Key policy, for every kernel: the batch never enters a key exactly. Either it only sizes the
+grid (left out) or it sets a GEMM extent (entered rounded up to a power of two). A server then
+tunes each layer once per power-of-two bucket, which its warm-up covers, instead of once per
+batch size it happens to see.
+
 On a GPU each kernel tries a small set of tile shapes per distinct problem (the key lists every
 argument that changes the best choice: sizes, strides, so the memory layout, and the tile-loop
 mode; Triton adds the tensors' dtypes itself). Under Triton's interpreter tuning would only
@@ -70,15 +75,19 @@ def prune_tiles(configs: Sequence[triton.Config], m: int, n: int, k: int,
                 * c.kwargs["BLOCK_K"])]
 
 
-def autotuned(key: Sequence[str], prune: Callable[..., list[triton.Config]]):
-    """Decorator: Triton's autotuner over `tile_configs()` with a problem-aware pruner.
+def autotuned(key: Sequence[str], prune: Callable[..., list[triton.Config]],
+              configs: Sequence[triton.Config] | None = None):
+    """Decorator: Triton's autotuner over `configs` (default `tile_configs()`) with a pruner.
 
     `prune(configs, args)` receives every launch argument by name: Triton passes positional
     arguments as `named_args` and keyword ones (the constexprs) separately, and runs the
     pruner only when there is more than one config (so only on a GPU).
+    Kernels whose blocks are not (BLOCK_M, BLOCK_N, BLOCK_K) pass their own `configs`; a
+    pruner that returns exactly one config skips benchmarking.
     """
     def early_prune(configs, named_args, **kwargs):
         return prune(configs, {**named_args, **kwargs})
 
-    return triton.autotune(configs=tile_configs(), key=list(key),
+    chosen = tile_configs() if configs is None else list(configs)
+    return triton.autotune(configs=chosen, key=list(key),
                            prune_configs_by={"early_config_prune": early_prune})

@@ -36,12 +36,12 @@ def check_same_device_dtype(op: str, reference: torch.Tensor,
                              "they must match")
 
 
-def check_bias(op: str, bias: torch.Tensor | None, channels: int) -> None:
+def check_bias(op: str, bias: torch.Tensor | None, channels: int, name: str = "bias") -> None:
     if bias is None:
         return
-    check_tensor(op, "bias", bias)
+    check_tensor(op, name, bias)
     if bias.dim() != 1 or bias.shape[0] != channels:
-        raise ValueError(f"{op}: bias must have shape ({channels},) (one per output channel), "
+        raise ValueError(f"{op}: {name} must have shape ({channels},) (one per output channel), "
                          f"got {tuple(bias.shape)}")
 
 

@@ -196,6 +196,21 @@ def igemm_kernel(
 Triple = tuple[int, int, int]
 
 
+def axis_taps(transposed: bool, residue: int, kernel: int, stride: int, padding: int,
+              dilation: int) -> list[tuple[int, int]]:
+    """(kernel index, input offset) of the taps one spatial axis uses.
+
+    Convolution: every tap, offset k*dilation - padding from the output position times the
+    stride. Transposed (phase `residue` of the output modulo the stride): the taps that land on
+    a real input position, offset (residue + padding - k*dilation) / stride from the output
+    position divided by the stride.
+    """
+    if not transposed:
+        return [(k, k * dilation - padding) for k in range(kernel)]
+    return [(k, (residue + padding - k * dilation) // stride) for k in range(kernel)
+            if (residue + padding - k * dilation) % stride == 0]
+
+
 @functools.lru_cache(maxsize=1024)
 def tap_plan(transposed: bool, kernel: Triple, stride: Triple, padding: Triple,
              dilation: Triple, weight_tap_strides: Triple, device: torch.device):
@@ -209,13 +224,8 @@ def tap_plan(transposed: bool, kernel: Triple, stride: Triple, padding: Triple,
         phases = [(0, 0, 0)]
     per_phase = []
     for residue in phases:
-        axes = []
-        for r, k_size, s, p, d in zip(residue, kernel, stride, padding, dilation, strict=True):
-            if transposed:
-                axes.append([(k, (r + p - k * d) // s) for k in range(k_size)
-                             if (r + p - k * d) % s == 0])
-            else:
-                axes.append([(k, k * d - p) for k in range(k_size)])
+        axes = [axis_taps(transposed, *args) for args in
+                zip(residue, kernel, stride, padding, dilation, strict=True)]
         per_phase.append([
             (od, oh, ow, kd * weight_tap_strides[0] + kh * weight_tap_strides[1]
              + kw * weight_tap_strides[2])

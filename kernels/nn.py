@@ -6,12 +6,18 @@ PyTorch's; `activation` adds the fused epilogue and `forward(x, residual=None)` 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import conv
+from .batchnorm import fold_batchnorm
+from .depthwise_separable import depthwise_separable_conv2d
 from .epilogue import ActivationArg, parse_activation
+from .geometry import PaddingArg, conv_geometry, expand
+from .local_conv import local_conv2d
 
 
 class _FusedConvMixin:
@@ -184,3 +190,139 @@ def patch(model: nn.Module) -> nn.Module:
         else:
             patch(child)
     return model
+
+
+def _uniform_(tensor: torch.Tensor, fan_in: int) -> None:
+    """torch.nn.Conv2d's default initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+    nn.init.uniform_(tensor, -bound, bound)
+
+
+class DepthwiseSeparableConv2d(nn.Module):
+    """MobileNet's depthwise kxk then pointwise 1x1 block, run as one fused kernel launch.
+
+    forward(x, residual=None) = activation(pw(mid_activation(dw(x) + dw_bias)) + pw_bias
+    + residual); see `depthwise_separable_conv2d`. Parameters: dw_weight (C_in, 1, kH, kW),
+    dw_bias (C_in,), pw_weight (C_out, C_in, 1, 1), pw_bias (C_out,). `from_modules` builds one
+    from a torch depthwise conv, pointwise conv and their BatchNorms (folded, eval mode).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int] = 1, padding: PaddingArg = 0,
+                 dilation: int | tuple[int, int] = 1, bias: bool = True,
+                 mid_activation: ActivationArg = None, activation: ActivationArg = None,
+                 device=None, dtype=None):
+        super().__init__()
+        parse_activation(mid_activation)
+        parse_activation(activation)
+        kernel = expand(kernel_size, 2, "kernel_size", minimum=1)
+        factory = {"device": device, "dtype": dtype}
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.mid_activation, self.activation = mid_activation, activation
+        self.dw_weight = nn.Parameter(torch.empty(in_channels, 1, *kernel, **factory))
+        self.pw_weight = nn.Parameter(torch.empty(out_channels, in_channels, 1, 1, **factory))
+        self.dw_bias = nn.Parameter(torch.empty(in_channels, **factory)) if bias else None
+        self.pw_bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for weight, bias, fan_in in ((self.dw_weight, self.dw_bias, math.prod(self.kernel_size)),
+                                     (self.pw_weight, self.pw_bias, self.in_channels)):
+            _uniform_(weight, fan_in)
+            if bias is not None:
+                _uniform_(bias, fan_in)
+
+    def forward(self, input: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        return depthwise_separable_conv2d(
+            input, self.dw_weight, self.pw_weight, self.dw_bias, self.pw_bias, self.stride,
+            self.padding, self.dilation, mid_activation=self.mid_activation,
+            activation=self.activation, residual=residual)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+                f"bias={self.dw_bias is not None}, mid_activation={self.mid_activation!r}, "
+                f"activation={self.activation!r}")
+
+    @classmethod
+    def from_modules(cls, depthwise: nn.Conv2d, pointwise: nn.Conv2d,
+                     depthwise_bn: nn.Module | None = None, pointwise_bn: nn.Module | None = None,
+                     mid_activation: ActivationArg = None, activation: ActivationArg = None):
+        """The fused block equal (in eval mode) to depthwise -> [bn] -> mid -> pointwise -> [bn].
+
+        BatchNorms fold into the weights and biases with their running statistics, so the
+        result matches the torch block in eval mode; the parameters are new tensors.
+        """
+        channels = depthwise.in_channels
+        if (depthwise.groups != channels or depthwise.out_channels != channels
+                or depthwise.padding_mode != "zeros"):
+            raise ValueError("depthwise must be a Conv2d with groups == in_channels == "
+                             "out_channels and padding_mode='zeros', got "
+                             f"{depthwise!r}")
+        if (pointwise.kernel_size != (1, 1) or pointwise.stride != (1, 1) or pointwise.groups != 1
+                or pointwise.padding not in ((0, 0), "valid")
+                or pointwise.in_channels != channels):
+            raise ValueError(f"pointwise must be a 1x1 Conv2d over {channels} channels with "
+                             f"stride 1, no padding and groups 1, got {pointwise!r}")
+        block = cls(channels, pointwise.out_channels, depthwise.kernel_size, depthwise.stride,
+                    depthwise.padding, depthwise.dilation, True, mid_activation, activation,
+                    device=depthwise.weight.device, dtype=depthwise.weight.dtype)
+        with torch.no_grad():
+            for (weight, bias), conv, bn in (((block.dw_weight, block.dw_bias), depthwise,
+                                              depthwise_bn),
+                                             ((block.pw_weight, block.pw_bias), pointwise,
+                                              pointwise_bn)):
+                w, b = conv.weight, conv.bias
+                if bn is not None:
+                    w, b = fold_batchnorm(w, b, bn)
+                weight.copy_(w)
+                bias.copy_(b if b is not None else torch.zeros_like(bias))
+        return block
+
+
+class LocalConv2d(nn.Module):
+    """Locally connected (unshared) 2-D convolution for a fixed input size; see `local_conv2d`.
+
+    Parameters: weight (H_out, W_out, C_out, C_in/groups, kH, kW) and a per-pixel bias
+    (C_out, H_out, W_out), initialised as torch.nn.Conv2d initialises a convolution's.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, input_size: int | tuple[int, int],
+                 kernel_size: int | tuple[int, int], stride: int | tuple[int, int] = 1,
+                 padding: PaddingArg = 0, dilation: int | tuple[int, int] = 1, groups: int = 1,
+                 bias: bool = True, activation: ActivationArg = None, device=None, dtype=None):
+        super().__init__()
+        parse_activation(activation)
+        kernel = expand(kernel_size, 2, "kernel_size", minimum=1)
+        geometry = conv_geometry((1, in_channels, *expand(input_size, 2, "input_size")),
+                                 (out_channels, in_channels // max(1, groups), *kernel), stride,
+                                 padding, dilation, groups, 2)
+        factory = {"device": device, "dtype": dtype}
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.input_size, self.output_size = geometry.input_size, geometry.output_size
+        self.kernel_size, self.stride, self.padding, self.dilation = (kernel, stride, padding,
+                                                                      dilation)
+        self.activation = activation
+        self.weight = nn.Parameter(torch.empty(*geometry.output_size, out_channels,
+                                               in_channels // groups, *kernel, **factory))
+        self.bias = (nn.Parameter(torch.empty(out_channels, *geometry.output_size, **factory))
+                     if bias else None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        fan_in = (self.in_channels // self.groups) * math.prod(self.kernel_size)
+        _uniform_(self.weight, fan_in)
+        if self.bias is not None:
+            _uniform_(self.bias, fan_in)
+
+    def forward(self, input: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        return local_conv2d(input, self.weight, self.bias, self.stride, self.padding,
+                            self.dilation, self.groups, activation=self.activation,
+                            residual=residual)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, input_size={self.input_size}, "
+                f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"dilation={self.dilation}, groups={self.groups}, bias={self.bias is not None}, "
+                f"activation={self.activation!r}")

@@ -80,6 +80,71 @@ def _conv_transpose2d_check(device: torch.device, dtype: torch.dtype) -> float:
     return _relative_error(out, ref)
 
 
+def _pointwise_check(device: torch.device, dtype: torch.dtype) -> float:
+    from .conv import conv2d
+
+    x = torch.randn(2, 24, 7, 7, device=device, dtype=dtype).to(memory_format=torch.channels_last)
+    w = torch.randn(40, 24, 1, 1, device=device, dtype=dtype)
+    b = torch.randn(40, device=device, dtype=dtype)
+    out = conv2d(x, w, b, activation="relu")
+    return _relative_error(out, F.relu(F.conv2d(x.double(), w.double(), b.double())))
+
+
+def _depthwise_check(device: torch.device, dtype: torch.dtype) -> float:
+    from .conv import conv2d
+
+    x = torch.randn(2, 6, 9, 9, device=device, dtype=dtype).to(memory_format=torch.channels_last)
+    w = torch.randn(12, 1, 3, 3, device=device, dtype=dtype)
+    out = conv2d(x, w, stride=2, padding=1, groups=6, activation="relu6")
+    return _relative_error(out, F.relu6(F.conv2d(x.double(), w.double(), None, 2, 1, 1, 6)))
+
+
+def _depthwise_backward_check(device: torch.device, dtype: torch.dtype) -> float:
+    from .conv import conv2d
+
+    x = torch.randn(2, 5, 8, 9, device=device, dtype=dtype, requires_grad=True)
+    w = torch.randn(10, 1, 3, 3, device=device, dtype=dtype, requires_grad=True)
+    gy = torch.randn(2, 10, 4, 5, device=device, dtype=dtype)
+    dx, dw = torch.autograd.grad(conv2d(x, w, stride=2, padding=1, groups=5), (x, w), gy)
+    x64, w64 = (t.detach().double().requires_grad_() for t in (x, w))
+    rx, rw = torch.autograd.grad(F.conv2d(x64, w64, None, 2, 1, 1, 5), (x64, w64), gy.double())
+    return max(_relative_error(dx, rx), _relative_error(dw, rw))
+
+
+def _depthwise_separable_check(device: torch.device, dtype: torch.dtype) -> float:
+    from .depthwise_separable import depthwise_separable_conv2d
+
+    x, dw, db, pw, pb = (torch.randn(*shape, device=device, dtype=dtype) for shape in
+                         ((2, 8, 9, 9), (8, 1, 3, 3), (8,), (12, 8, 1, 1), (12,)))
+    out = depthwise_separable_conv2d(x, dw, pw, db, pb, stride=2, padding=1,
+                                     mid_activation="relu6", activation="silu")
+    mid = F.relu6(F.conv2d(x.double(), dw.double(), db.double(), 2, 1, 1, 8))
+    return _relative_error(out, F.silu(F.conv2d(mid, pw.double(), pb.double())))
+
+
+def _separable_check(device: torch.device, dtype: torch.dtype) -> float:
+    from .separable import separable_conv2d
+
+    x = torch.randn(2, 3, 9, 10, device=device, dtype=dtype)
+    col = torch.randn(4, 3, 5, 1, device=device, dtype=dtype)
+    row = torch.randn(4, 1, 1, 3, device=device, dtype=dtype)
+    out = separable_conv2d(x, col, row, padding=(2, 1))
+    weight = col.double() * row.double()  # (4, 3, 5, 3): the rank-1 filter bank
+    return _relative_error(out, F.conv2d(x.double(), weight, padding=(2, 1)))
+
+
+def _local_conv_check(device: torch.device, dtype: torch.dtype) -> float:
+    from .local_conv import local_conv2d
+
+    x = torch.randn(2, 4, 7, 8, device=device, dtype=dtype)
+    w = torch.randn(4, 4, 6, 2, 3, 3, device=device, dtype=dtype)  # stride 2, padding 1, g 2
+    out = local_conv2d(x, w, stride=2, padding=1, groups=2)
+    # Reference: one conv2d per output pixel with that pixel's filters, on the unfolded input.
+    cols = F.unfold(x.double(), 3, padding=1, stride=2).reshape(2, 2, 2 * 9, 4, 4)
+    ref = torch.einsum("ngkhw,hwgok->ngohw", cols, w.double().reshape(4, 4, 2, 3, 18))
+    return _relative_error(out, ref.reshape(2, 6, 4, 4))
+
+
 CHECKS: dict[str, Callable[[torch.device, torch.dtype], float]] = {
     "conv1d": _conv_check(1, stride=2, padding=1),
     "conv2d": _conv_check(2, padding=1, dilation=(1, 2)),
@@ -88,6 +153,12 @@ CHECKS: dict[str, Callable[[torch.device, torch.dtype], float]] = {
     "conv3d": _conv_check(3, padding=(1, 0, 1)),
     "conv2d backward": _conv2d_backward_check,
     "conv_transpose2d": _conv_transpose2d_check,
+    "conv2d pointwise": _pointwise_check,
+    "conv2d depthwise": _depthwise_check,
+    "depthwise backward": _depthwise_backward_check,
+    "depthwise separable": _depthwise_separable_check,
+    "separable_conv2d": _separable_check,
+    "local_conv2d": _local_conv_check,
 }
 
 

@@ -66,6 +66,16 @@ def activation_grad(g, v, ACTIVATION: tl.constexpr, alpha):
 
 
 @triton.jit
+def unflatten_position(index, OUT_D, OUT_H, OUT_W):
+    """(n, d, h, w) of a flat index over (batch, D, H, W), row-major as the output's rows."""
+    w = index % OUT_W
+    t = index // OUT_W
+    h = t % OUT_H
+    t = t // OUT_H
+    return t // OUT_D, t % OUT_D, h, w
+
+
+@triton.jit
 def mma(acc, a, b, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """acc += a @ b with the accumulator's precision.
 
