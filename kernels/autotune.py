@@ -64,13 +64,17 @@ def prune_tiles(configs: Sequence[triton.Config], m: int, n: int, k: int,
                 * c.kwargs["BLOCK_K"])]
 
 
-def autotuned(key: Sequence[str], prune: Callable[..., list[triton.Config]]):
+def autotuned(key: Sequence[str], prune: Callable[..., list[triton.Config]],
+              reset_to_zero: Sequence[str] = ()):
     """Decorator: Triton's autotuner over `tile_configs()` with a problem-aware pruner.
 
-    `prune(configs, named_args)` receives the launch's arguments by name.
+    `prune(configs, named_args)` receives the launch's arguments by name. `reset_to_zero` names
+    the output buffers a kernel accumulates into (atomics): the tuner zeroes them before each
+    trial run and after the last, so the real launch starts from zeros.
     """
     def early_prune(configs, named_args, **kwargs):
         return prune(configs, named_args)
 
     return triton.autotune(configs=tile_configs(), key=list(key),
-                           prune_configs_by={"early_config_prune": early_prune})
+                           prune_configs_by={"early_config_prune": early_prune},
+                           reset_to_zero=list(reset_to_zero) or None)
