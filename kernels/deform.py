@@ -8,13 +8,12 @@ The kernels are in `deform_kernels`.
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch.autograd.function import once_differentiable
 
 from .backend import BackendUnavailable, backend_for
 from .checks import check_bias, check_residual, check_same_device_dtype, check_tensor
+from .deform_gather import input_grad_deterministic
 from .deform_kernels import data_grad, launch_forward, weight_grad
 from .elementwise import activation_backward, channel_sum
 from .epilogue import Activation, ActivationArg, Epilogue, apply_epilogue, parse_activation
@@ -87,22 +86,6 @@ def _launch_forward(x, offset, mask, weight, bias, residual, geometry: ConvGeome
     return out, preact
 
 
-def _check_input_grad_determinism() -> None:
-    """The input gradient's atomic adds make its rounding order vary between runs."""
-    if not torch.are_deterministic_algorithms_enabled():
-        return
-    message = (f"{OP}: the gradient with respect to `input` scatters with atomic adds, so its "
-               "float rounding can differ between runs, and it has no deterministic "
-               "implementation; torch.use_deterministic_algorithms(True) is set. The offset, "
-               "mask, weight and bias gradients are deterministic: detach the input (or set "
-               "requires_grad=False) if you only need those, or pass warn_only=True to "
-               "torch.use_deterministic_algorithms to accept it.")
-    if torch.is_deterministic_algorithms_warn_only_enabled():
-        warnings.warn(message, UserWarning, stacklevel=3)
-    else:
-        raise RuntimeError(message)
-
-
 class _DeformConvFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, offset, weight, bias, mask, residual, geometry: ConvGeometry,
@@ -123,13 +106,16 @@ class _DeformConvFunction(torch.autograd.Function):
         if epilogue.activation is not Activation.NONE:
             dz = activation_backward(grad_out, saved, epilogue)
         need_x, need_offset, need_w, need_b, need_mask, need_r = ctx.needs_input_grad[:6]
+        # The input gradient's atomic scatter is fast but its rounding order varies between
+        # runs; deterministic mode gathers each element in a fixed order instead.
+        gather_input = need_x and torch.are_deterministic_algorithms_enabled()
         dx = doffset = dmask = None
-        if need_x or need_offset or need_mask:
-            if need_x:
-                _check_input_grad_determinism()
+        if (need_x and not gather_input) or need_offset or need_mask:
             dx, doffset, dmask = data_grad(dz, x, offset, mask, weight, geometry, offset_groups,
-                                           need_input=need_x, need_offset=need_offset,
-                                           need_mask=need_mask)
+                                           need_input=need_x and not gather_input,
+                                           need_offset=need_offset, need_mask=need_mask)
+        if gather_input:
+            dx = input_grad_deterministic(dz, x, offset, mask, weight, geometry, offset_groups)
         dw = (weight_grad(dz, x, offset, mask, geometry, offset_groups, weight.dtype)
               if need_w else None)
         db = channel_sum(dz, weight.dtype) if need_b else None

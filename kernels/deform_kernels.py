@@ -130,6 +130,34 @@ def _zeros(BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, IS_FP64: tl.constexpr):
     return tl.zeros((BLOCK_A, BLOCK_B), dtype=tl.float32)
 
 
+@triton.jit
+def _column_grad(dz_ptr, dz_rows, rows_ok, w_ptr, w_tap, c, c_ok, c0, c_end, C_G, COUT_G,
+                 sdz_c, sw_out, sw_in, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                 IS_FP64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_K: tl.constexpr):
+    """dL/dA [rows, channels c0 + arange(BLOCK_K)] of one tap: dz @ W^T, in registers.
+
+    Each channel meets only its own weight group's output channels. A channel block may
+    straddle weight groups, so the output channels of every group it touches are walked and W
+    is masked to its block-diagonal (one group, the usual case, walks just that group).
+    """
+    c_group = c // C_G
+    co_lo = (c0 // C_G) * COUT_G
+    co_hi = ((tl.minimum(c0 + BLOCK_K, c_end) - 1) // C_G + 1) * COUT_G
+    col_grad = _zeros(BLOCK_M, BLOCK_K, IS_FP64)
+    for co0 in range(co_lo, co_hi, BLOCK_N):
+        co = co0 + tl.arange(0, BLOCK_N)
+        co_ok = co < co_hi
+        a = tl.load(dz_ptr + dz_rows[:, None] + (co * sdz_c)[None, :],
+                    mask=rows_ok[:, None] & co_ok[None, :], other=0.0)
+        same_group = (co // COUT_G)[:, None] == c_group[None, :]
+        w_offsets = (co * sw_out)[:, None] + ((c - c_group * C_G) * sw_in)[None, :]
+        b = tl.load(w_ptr + w_tap + w_offsets,
+                    mask=co_ok[:, None] & c_ok[None, :] & same_group, other=0.0)
+        col_grad = mma(col_grad, a, b, INPUT_PRECISION, UPCAST)
+    return col_grad
+
+
 # ----------------------------------------------------------------------------------------------
 # Forward
 # ----------------------------------------------------------------------------------------------
@@ -253,11 +281,9 @@ def deform_data_grad_kernel(
     tap = tl.program_id(1) % N_TAPS
 
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     if INT64:
         rm = rm.to(tl.int64)
-        rn = rn.to(tl.int64)
         rk = rk.to(tl.int64)
         og = og.to(tl.int64)
     ow = rm % OUT_W
@@ -289,23 +315,9 @@ def deform_data_grad_kernel(
     for c0 in range(seg_lo, seg_hi, BLOCK_K):
         c = c0 + rk
         c_ok = c < seg_hi
-        c_group = c // C_G
-        # dL/dA for this channel block: dz @ W^T restricted to each channel's weight group.
-        # A block may straddle weight groups, so the output channels walked are those of every
-        # group it touches and W is masked to its block-diagonal.
-        co_lo = (c0 // C_G) * COUT_G
-        co_hi = ((tl.minimum(c0 + BLOCK_K, seg_hi) - 1) // C_G + 1) * COUT_G
-        col_grad = _zeros(BLOCK_M, BLOCK_K, IS_FP64)
-        for co0 in range(co_lo, co_hi, BLOCK_N):
-            co = co0 + rn
-            co_ok = co < co_hi
-            a = tl.load(dz_ptr + dz_rows[:, None] + (co * sdz_c)[None, :],
-                        mask=row_ok[:, None] & co_ok[None, :], other=0.0)
-            same_group = (co // COUT_G)[:, None] == c_group[None, :]
-            w_offsets = (co * sw_out)[:, None] + ((c - c_group * C_G) * sw_in)[None, :]
-            b = tl.load(w_ptr + w_tap + w_offsets,
-                        mask=co_ok[:, None] & c_ok[None, :] & same_group, other=0.0)
-            col_grad = mma(col_grad, a, b, INPUT_PRECISION, UPCAST)
+        col_grad = _column_grad(dz_ptr, dz_rows, row_ok, w_ptr, w_tap, c, c_ok, c0, seg_hi, C_G,
+                                COUT_G, sdz_c, sw_out, sw_in, INPUT_PRECISION, UPCAST, IS_FP64,
+                                BLOCK_M, BLOCK_N, BLOCK_K)
 
         v00, v01, v10, v11 = _corner_values(x_ptr, x_rows, c * sx_c, row_ok, c_ok, y0, x0,
                                             IN_H, IN_W, sx_h, sx_w, IS_FP64)
