@@ -15,6 +15,7 @@ from .backend import (
 )
 from .batchnorm import fold_batchnorm
 from .conv import conv1d, conv2d, conv3d
+from .deform import deform_conv2d
 from .epilogue import ACTIVATION_NAMES
 from .geometry import ConvGeometry, conv_output_length, output_shape, transposed_output_length
 from .nn import patch
@@ -28,6 +29,7 @@ __all__ = [
     "conv2d",
     "conv3d",
     "conv_output_length",
+    "deform_conv2d",
     "fold_batchnorm",
     "get_backend_preference",
     "nn",

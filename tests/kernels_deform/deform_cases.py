@@ -1,0 +1,86 @@
+"""Shared set-up for the deform_conv2d tests: random problems and torchvision float64 references.
+
+torchvision.ops.deform_conv2d is the reference (independent of foveal); it runs in float64 on
+the same values the kernel sees (inputs rounded to the tested dtype first).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from foveal.kernels.geometry import output_shape
+from torchvision.ops import deform_conv2d as torchvision_deform_conv2d
+
+
+@dataclass(frozen=True)
+class Case:
+    batch: int = 2
+    channels: int = 4
+    size: tuple[int, int] = (6, 7)
+    out_channels: int = 5
+    kernel: tuple[int, int] = (3, 3)
+    offset_groups: int = 1
+    groups: int = 1
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (1, 1)
+    dilation: tuple[int, int] = (1, 1)
+    modulated: bool = True
+    bias: bool = True
+    offset_scale: float = 2.0  # large enough that some samples leave the image
+    integer_offsets: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        return output_shape(self.size, self.kernel, self.stride, self.padding, self.dilation)
+
+    @property
+    def taps(self) -> int:
+        return self.kernel[0] * self.kernel[1]
+
+
+def make_inputs(case: Case, dtype: torch.dtype = torch.float64) -> dict[str, torch.Tensor | None]:
+    """Random input, offset, weight, bias and mask of `case` (float64 values rounded to dtype)."""
+    oh, ow = case.output_size
+    g, taps = case.offset_groups, case.taps
+    offset_shape = (case.batch, 2 * g * taps, oh, ow)
+    if case.integer_offsets:  # samples land exactly on pixels, on the border and beyond it
+        offset = torch.randint(-4, 5, offset_shape).double()
+    else:
+        offset = case.offset_scale * torch.randn(offset_shape, dtype=torch.float64)
+    tensors = {
+        "input": torch.randn(case.batch, case.channels, *case.size, dtype=torch.float64),
+        "offset": offset,
+        "weight": torch.randn(case.out_channels, case.channels // case.groups, *case.kernel,
+                              dtype=torch.float64),
+        "bias": torch.randn(case.out_channels, dtype=torch.float64) if case.bias else None,
+        "mask": (torch.rand(case.batch, g * taps, oh, ow, dtype=torch.float64)
+                 if case.modulated else None),
+    }
+    return {k: None if v is None else v.to(dtype) for k, v in tensors.items()}
+
+
+def reference(tensors: dict[str, torch.Tensor | None], case: Case) -> torch.Tensor:
+    """torchvision's deform_conv2d in float64 (differentiable w.r.t. the float64 copies)."""
+    return torchvision_deform_conv2d(tensors["input"], tensors["offset"], tensors["weight"],
+                                     tensors["bias"], case.stride, case.padding, case.dilation,
+                                     tensors["mask"])
+
+
+def float64_leaves(tensors: dict[str, torch.Tensor | None]) -> dict[str, torch.Tensor | None]:
+    """Float64 copies of `tensors` that require grad."""
+    return {k: None if v is None else v.detach().double().requires_grad_()
+            for k, v in tensors.items()}
+
+
+def reductions(case: Case) -> dict[str, int]:
+    """Products summed per element of each result (sets the rounding tolerance).
+
+    The input gradient sums up to four corners of every tap of every output position nearby.
+    """
+    c_g, cout_g = case.channels // case.groups, case.out_channels // case.groups
+    c_og = case.channels // case.offset_groups
+    oh, ow = case.output_size
+    return {"output": c_g * case.taps, "input": 4 * case.taps * cout_g, "offset": c_og * cout_g,
+            "mask": c_og * cout_g, "weight": case.batch * oh * ow, "bias": case.batch * oh * ow}
