@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from foveal.kernels import deform_conv2d
 from foveal.kernels.geometry import output_shape
+from tolerances import assert_close_to_reference
 from torchvision.ops import deform_conv2d as torchvision_deform_conv2d
 
 
@@ -84,3 +86,33 @@ def reductions(case: Case) -> dict[str, int]:
     oh, ow = case.output_size
     return {"output": c_g * case.taps, "input": 4 * case.taps * cout_g, "offset": c_og * cout_g,
             "mask": c_og * cout_g, "weight": case.batch * oh * ow, "bias": case.batch * oh * ow}
+
+
+# Typical magnitude of one product in each sum: offset gradients multiply by differences of
+# neighbouring pixels, about twice a pixel.
+SCALES = {"output": 1.0, "input": 1.0, "offset": 2.0, "mask": 1.0, "weight": 1.0, "bias": 1.0}
+
+
+def run_and_compare(case: Case, tensors: dict, *, wanted: tuple[str, ...] | None = None,
+                    grad_out: torch.Tensor | None = None) -> torch.Tensor:
+    """Forward and the gradients of `wanted` (default: every tensor given) vs torchvision."""
+    wanted = wanted or tuple(k for k, v in tensors.items() if v is not None)
+    for name in wanted:
+        tensors[name].requires_grad_()
+    out = deform_conv2d(tensors["input"], tensors["offset"], tensors["weight"], tensors["bias"],
+                        case.stride, case.padding, case.dilation, tensors["mask"])
+    leaves = float64_leaves(tensors)
+    ref = reference(leaves, case)
+    limits = reductions(case)
+    assert_close_to_reference(out.detach(), ref.detach(), reduction=limits["output"])
+    if grad_out is None:
+        grad_out = torch.randn(ref.shape, dtype=torch.float64).to(out.dtype)
+    grads = torch.autograd.grad(out, [tensors[k] for k in wanted], grad_out)
+    refs = torch.autograd.grad(ref, [leaves[k] for k in wanted], grad_out.double())
+    for name, grad, ref_grad in zip(wanted, grads, refs, strict=True):
+        assert grad.shape == tensors[name].shape and grad.dtype == tensors[name].dtype, name
+        try:
+            assert_close_to_reference(grad, ref_grad, reduction=limits[name], scale=SCALES[name])
+        except AssertionError as error:
+            raise AssertionError(f"gradient of {name}: {error}") from None
+    return out

@@ -5,39 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from deform_cases import Case, float64_leaves, make_inputs, reductions, reference
+from deform_cases import (
+    SCALES,
+    Case,
+    float64_leaves,
+    make_inputs,
+    reductions,
+    reference,
+    run_and_compare,
+)
 from foveal.kernels import deform_conv2d
 from tolerances import assert_close_to_reference
-
-# Typical magnitude of one product in each sum: offset gradients multiply by differences of
-# neighbouring pixels, about twice a pixel.
-SCALES = {"output": 1.0, "input": 1.0, "offset": 2.0, "mask": 1.0, "weight": 1.0, "bias": 1.0}
-
-
-def run_and_compare(case: Case, tensors: dict, *, wanted: tuple[str, ...] | None = None,
-                    grad_out: torch.Tensor | None = None) -> torch.Tensor:
-    """Forward and the gradients of `wanted` (default: every tensor given) vs torchvision."""
-    wanted = wanted or tuple(k for k, v in tensors.items() if v is not None)
-    for name in wanted:
-        tensors[name].requires_grad_()
-    out = deform_conv2d(tensors["input"], tensors["offset"], tensors["weight"], tensors["bias"],
-                        case.stride, case.padding, case.dilation, tensors["mask"])
-    leaves = float64_leaves(tensors)
-    ref = reference(leaves, case)
-    limits = reductions(case)
-    assert_close_to_reference(out.detach(), ref.detach(), reduction=limits["output"])
-    if grad_out is None:
-        grad_out = torch.randn(ref.shape, dtype=torch.float64).to(out.dtype)
-    grads = torch.autograd.grad(out, [tensors[k] for k in wanted], grad_out)
-    refs = torch.autograd.grad(ref, [leaves[k] for k in wanted], grad_out.double())
-    for name, grad, ref_grad in zip(wanted, grads, refs, strict=True):
-        assert grad.shape == tensors[name].shape and grad.dtype == tensors[name].dtype, name
-        try:
-            assert_close_to_reference(grad, ref_grad, reduction=limits[name], scale=SCALES[name])
-        except AssertionError as error:
-            raise AssertionError(f"gradient of {name}: {error}") from None
-    return out
-
 
 CASES = {
     "samples leave the image": Case(offset_scale=3.0),
