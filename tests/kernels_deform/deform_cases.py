@@ -6,6 +6,7 @@ the same values the kernel sees (inputs rounded to the tested dtype first).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -116,3 +117,27 @@ def run_and_compare(case: Case, tensors: dict, *, wanted: tuple[str, ...] | None
         except AssertionError as error:
             raise AssertionError(f"gradient of {name}: {error}") from None
     return out
+
+
+def shifted_fields(batch: int, size: int, shift: tuple[float, float], wavelength: float,
+                   seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Smooth random images f (sums of plane waves) and their shifted copies f(y + dy, x + dx).
+
+    Waves no shorter than `wavelength` pixels keep the loss smooth over a shift of a pixel or
+    two, so gradient descent on the offsets can find it; the shift is exact (analytic).
+    """
+    g = torch.Generator().manual_seed(seed)
+    waves = 6
+    freq = (torch.rand(batch, waves, 2, generator=g, dtype=torch.float64) - 0.5) * (
+        4 * math.pi / wavelength)
+    phase = torch.rand(batch, waves, generator=g, dtype=torch.float64) * 2 * math.pi
+    amplitude = torch.randn(batch, waves, generator=g, dtype=torch.float64)
+    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float64),
+                            torch.arange(size, dtype=torch.float64), indexing="ij")
+
+    def image(dy: float, dx: float) -> torch.Tensor:
+        angle = (freq[..., 0, None, None] * (ys + dy) + freq[..., 1, None, None] * (xs + dx)
+                 + phase[..., None, None])
+        return (amplitude[..., None, None] * torch.sin(angle)).sum(1, keepdim=True) / 2
+
+    return image(0.0, 0.0), image(*shift)
