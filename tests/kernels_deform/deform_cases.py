@@ -107,7 +107,7 @@ def run_and_compare(case: Case, tensors: dict, *, wanted: tuple[str, ...] | None
     limits = reductions(case)
     assert_close_to_reference(out.detach(), ref.detach(), reduction=limits["output"])
     if grad_out is None:
-        grad_out = torch.randn(ref.shape, dtype=torch.float64).to(out.dtype)
+        grad_out = torch.randn(ref.shape, dtype=torch.float64, device=out.device).to(out.dtype)
     grads = torch.autograd.grad(out, [tensors[k] for k in wanted], grad_out)
     refs = torch.autograd.grad(ref, [leaves[k] for k in wanted], grad_out.double())
     for name, grad, ref_grad in zip(wanted, grads, refs, strict=True):
