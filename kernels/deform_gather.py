@@ -108,15 +108,15 @@ def deform_input_grad_gather_kernel(
     n = image_group // N_OG
     og = image_group % N_OG
     pix = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    c = og * C_OG + tl.program_id(2) * BLOCK_K + tl.arange(0, BLOCK_K)
     if INT64:
         n = n.to(tl.int64)
+        og = og.to(tl.int64)
         pix = pix.to(tl.int64)
-        c = c.to(tl.int64)
     pix_ok = pix < IN_H * IN_W
+    c0 = og * C_OG + tl.program_id(2) * BLOCK_K
+    c = c0 + tl.arange(0, BLOCK_K)
     c_end = og * C_OG + C_OG
     c_ok = c < c_end
-    c0 = og * C_OG + tl.program_id(2) * BLOCK_K
     acc = _zeros(BLOCK_M, BLOCK_K, IS_FP64)
     for tap in range(0, N_TAPS):
         keys = (image_group * N_TAPS + tap).to(tl.int64) * IN_H * IN_W + pix

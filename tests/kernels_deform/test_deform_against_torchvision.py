@@ -165,3 +165,20 @@ def test_gradcheck_float64():
                              mask)
 
     assert torch.autograd.gradcheck(fn, inputs, fast_mode=True)
+
+
+def test_int64_index_path(monkeypatch):
+    # Tensors past 2**31 elements switch the kernels to int64 offsets; too big for a test, so
+    # force that path on a small case (the deterministic gather included).
+    from foveal.kernels import deform_gather, deform_kernels
+
+    monkeypatch.setattr(deform_kernels, "needs_int64", lambda *tensors: True)
+    monkeypatch.setattr(deform_gather, "needs_int64", lambda *tensors: True)
+    case = Case(batch=1, channels=6, out_channels=4, groups=2, offset_groups=3)
+    run_and_compare(case, make_inputs(case))
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        run_and_compare(case, make_inputs(case), wanted=("input",))
+    finally:
+        torch.use_deterministic_algorithms(previous)
