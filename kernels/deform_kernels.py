@@ -76,6 +76,14 @@ def _sample_point(off_ptr, off_rows, mask_ptr, mask_rows, ok, og, tap, N_TAPS, K
 
 
 @triton.jit
+def _positions(index, OUT_H, OUT_W):
+    """(image, row, column) of flat output positions n * OUT_H * OUT_W + oh * OUT_W + ow."""
+    ow = index % OUT_W
+    t = index // OUT_W
+    return t // OUT_H, t % OUT_H, ow
+
+
+@triton.jit
 def _bilinear_cell(py, px, IN_H, IN_W, INT64: tl.constexpr):
     """Top-left corner (floor) of each sample's cell and the fractions inside it.
 
@@ -93,6 +101,18 @@ def _bilinear_cell(py, px, IN_H, IN_W, INT64: tl.constexpr):
 
 
 @triton.jit
+def _corner_masks(rows_ok, cols_ok, y0, x0, IN_H, IN_W):
+    """[rows, channels] masks of the four corners (top-left first) that lie in the image."""
+    top = rows_ok & (y0 >= 0) & (y0 < IN_H)
+    bottom = rows_ok & (y0 >= -1) & (y0 < IN_H - 1)
+    left = (x0 >= 0) & (x0 < IN_W)
+    right = (x0 >= -1) & (x0 < IN_W - 1)
+    col_ok = cols_ok[None, :]
+    return ((top & left)[:, None] & col_ok, (top & right)[:, None] & col_ok,
+            (bottom & left)[:, None] & col_ok, (bottom & right)[:, None] & col_ok)
+
+
+@triton.jit
 def _corner_values(x_ptr, rows, cols, rows_ok, cols_ok, y0, x0, IN_H, IN_W, sx_h, sx_w,
                    IS_FP64: tl.constexpr):
     """The four neighbours [rows, channels] of each sample; zero where a corner is outside.
@@ -100,17 +120,12 @@ def _corner_values(x_ptr, rows, cols, rows_ok, cols_ok, y0, x0, IN_H, IN_W, sx_h
     `rows` is each row's batch offset in x, `cols` each column's channel offset; y0/x0 are per
     row.
     """
-    y_in0 = (y0 >= 0) & (y0 < IN_H)
-    y_in1 = (y0 >= -1) & (y0 < IN_H - 1)
-    x_in0 = (x0 >= 0) & (x0 < IN_W)
-    x_in1 = (x0 >= -1) & (x0 < IN_W - 1)
+    ok00, ok01, ok10, ok11 = _corner_masks(rows_ok, cols_ok, y0, x0, IN_H, IN_W)
     base = x_ptr + (rows + y0 * sx_h + x0 * sx_w)[:, None] + cols[None, :]
-    col_ok = cols_ok[None, :]
-    v00 = tl.load(base, mask=(rows_ok & y_in0 & x_in0)[:, None] & col_ok, other=0.0)
-    v01 = tl.load(base + sx_w, mask=(rows_ok & y_in0 & x_in1)[:, None] & col_ok, other=0.0)
-    v10 = tl.load(base + sx_h, mask=(rows_ok & y_in1 & x_in0)[:, None] & col_ok, other=0.0)
-    v11 = tl.load(base + sx_h + sx_w, mask=(rows_ok & y_in1 & x_in1)[:, None] & col_ok,
-                  other=0.0)
+    v00 = tl.load(base, mask=ok00, other=0.0)
+    v01 = tl.load(base + sx_w, mask=ok01, other=0.0)
+    v10 = tl.load(base + sx_h, mask=ok10, other=0.0)
+    v11 = tl.load(base + sx_h + sx_w, mask=ok11, other=0.0)
     return (_compute(v00, IS_FP64), _compute(v01, IS_FP64), _compute(v10, IS_FP64),
             _compute(v11, IS_FP64))
 
@@ -200,10 +215,7 @@ def deform_forward_kernel(
         rn = rn.to(tl.int64)
         rk = rk.to(tl.int64)
         group = group.to(tl.int64)
-    ow = rm % OUT_W
-    t = rm // OUT_W
-    oh = t % OUT_H
-    n = t // OUT_H
+    n, oh, ow = _positions(rm, OUT_H, OUT_W)
     row_ok = rm < BATCH * OUT_H * OUT_W
     n_ok = rn < COUT_G
     base_h = oh * STRIDE_H - PAD_H
@@ -286,10 +298,7 @@ def deform_data_grad_kernel(
         rm = rm.to(tl.int64)
         rk = rk.to(tl.int64)
         og = og.to(tl.int64)
-    ow = rm % OUT_W
-    t = rm // OUT_W
-    oh = t % OUT_H
-    n = t // OUT_H
+    n, oh, ow = _positions(rm, OUT_H, OUT_W)
     row_ok = rm < BATCH * OUT_H * OUT_W
     base_h = oh * STRIDE_H - PAD_H
     base_w = ow * STRIDE_W - PAD_W
@@ -348,22 +357,14 @@ def deform_data_grad_kernel(
 def _scatter_corners(dx_ptr, rows, cols, rows_ok, cols_ok, y0, x0, ly, lx, grad, IN_H, IN_W,
                      sdx_h, sdx_w):
     """dx[corner] += bilinear weight * grad for the four corners inside the image (atomics)."""
-    y_in0 = (y0 >= 0) & (y0 < IN_H)
-    y_in1 = (y0 >= -1) & (y0 < IN_H - 1)
-    x_in0 = (x0 >= 0) & (x0 < IN_W)
-    x_in1 = (x0 >= -1) & (x0 < IN_W - 1)
+    ok00, ok01, ok10, ok11 = _corner_masks(rows_ok, cols_ok, y0, x0, IN_H, IN_W)
     base = dx_ptr + (rows + y0 * sdx_h + x0 * sdx_w)[:, None] + cols[None, :]
-    col_ok = cols_ok[None, :]
     ly = ly[:, None]
     lx = lx[:, None]
-    tl.atomic_add(base, grad * ((1.0 - ly) * (1.0 - lx)),
-                  mask=(rows_ok & y_in0 & x_in0)[:, None] & col_ok, sem="relaxed")
-    tl.atomic_add(base + sdx_w, grad * ((1.0 - ly) * lx),
-                  mask=(rows_ok & y_in0 & x_in1)[:, None] & col_ok, sem="relaxed")
-    tl.atomic_add(base + sdx_h, grad * (ly * (1.0 - lx)),
-                  mask=(rows_ok & y_in1 & x_in0)[:, None] & col_ok, sem="relaxed")
-    tl.atomic_add(base + sdx_h + sdx_w, grad * (ly * lx),
-                  mask=(rows_ok & y_in1 & x_in1)[:, None] & col_ok, sem="relaxed")
+    tl.atomic_add(base, grad * ((1.0 - ly) * (1.0 - lx)), mask=ok00, sem="relaxed")
+    tl.atomic_add(base + sdx_w, grad * ((1.0 - ly) * lx), mask=ok01, sem="relaxed")
+    tl.atomic_add(base + sdx_h, grad * (ly * (1.0 - lx)), mask=ok10, sem="relaxed")
+    tl.atomic_add(base + sdx_h + sdx_w, grad * (ly * lx), mask=ok11, sem="relaxed")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -425,10 +426,7 @@ def deform_weight_grad_kernel(
     for k0 in range(k_lo, k_hi, BLOCK_K):
         k = k0 + rk
         k_ok = (k < k_hi) & (seg_lo < seg_hi)
-        ow = k % OUT_W
-        t = k // OUT_W
-        oh = t % OUT_H
-        n = t // OUT_H
+        n, oh, ow = _positions(k, OUT_H, OUT_W)
         a = tl.load(dz_ptr + dz_cols[:, None] + (n * sdz_n + oh * sdz_h + ow * sdz_w)[None, :],
                     mask=m_ok[:, None] & k_ok[None, :], other=0.0)
         py, px, modulation = _sample_point(off_ptr, n * so_n + oh * so_h + ow * so_w, mask_ptr,
