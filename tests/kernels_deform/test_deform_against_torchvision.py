@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -182,3 +184,18 @@ def test_int64_index_path(monkeypatch):
         run_and_compare(case, make_inputs(case), wanted=("input",))
     finally:
         torch.use_deterministic_algorithms(previous)
+
+
+def test_torch_backend_runs_torchvision_with_the_epilogue(monkeypatch):
+    from foveal.kernels import BackendUnavailable, use_backend
+
+    case = Case(batch=1)
+    t = make_inputs(case)
+    residual = torch.randn(1, case.out_channels, *case.output_size, dtype=torch.float64)
+    with use_backend("torch"):
+        out = deform_conv2d(t["input"], t["offset"], t["weight"], t["bias"], 1, 1, 1, t["mask"],
+                            activation="relu", residual=residual)
+        assert torch.allclose(out, F.relu(reference(t, case) + residual))
+        monkeypatch.setitem(sys.modules, "torchvision.ops", None)  # as if not installed
+        with pytest.raises(BackendUnavailable, match="torchvision is not installed"):
+            deform_conv2d(t["input"], t["offset"], t["weight"], mask=t["mask"], padding=1)
