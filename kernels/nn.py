@@ -2,6 +2,7 @@
 
 Each subclasses its torch.nn counterpart, so state_dicts, initialisation and `repr` are
 PyTorch's; `activation` adds the fused epilogue and `forward(x, residual=None)` the residual.
+DeformConv2d mirrors torchvision.ops.DeformConv2d (parameters and call) and adds a predictor.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ REPLACEMENTS: dict[type[nn.Module], type[nn.Module]] = {
 
 
 def patch(model: nn.Module) -> nn.Module:
-    """Swap every torch.nn convolution in `model` for its foveal module, in place.
+    """Swap every torch.nn (and torchvision) convolution in `model` for its foveal module, in place.
 
     Parameters are shared, not copied, so the model's outputs, state_dict and any optimiser
     holding its parameters are unchanged. Returns `model` for chaining.
