@@ -22,6 +22,7 @@ from .conv import (
     conv_transpose2d,
     conv_transpose3d,
 )
+from .deform import deform_conv2d
 from .depthwise_separable import depthwise_separable_conv2d
 from .epilogue import ACTIVATION_NAMES
 from .geometry import ConvGeometry, conv_output_length, output_shape, transposed_output_length
@@ -42,6 +43,7 @@ __all__ = [
     "conv_transpose1d",
     "conv_transpose2d",
     "conv_transpose3d",
+    "deform_conv2d",
     "depthwise_separable_conv2d",
     "factorize_separable",
     "fold_batchnorm",

@@ -76,18 +76,22 @@ def prune_tiles(configs: Sequence[triton.Config], m: int, n: int, k: int,
 
 
 def autotuned(key: Sequence[str], prune: Callable[..., list[triton.Config]],
-              configs: Sequence[triton.Config] | None = None):
+              configs: Sequence[triton.Config] | None = None,
+              reset_to_zero: Sequence[str] = ()):
     """Decorator: Triton's autotuner over `configs` (default `tile_configs()`) with a pruner.
 
     `prune(configs, args)` receives every launch argument by name: Triton passes positional
     arguments as `named_args` and keyword ones (the constexprs) separately, and runs the
     pruner only when there is more than one config (so only on a GPU).
     Kernels whose blocks are not (BLOCK_M, BLOCK_N, BLOCK_K) pass their own `configs`; a
-    pruner that returns exactly one config skips benchmarking.
+    pruner that returns exactly one config skips benchmarking. `reset_to_zero` names the output
+    buffers a kernel accumulates into (atomics): the tuner zeroes them before each trial run and
+    after the last, so the real launch starts from zeros.
     """
     def early_prune(configs, named_args, **kwargs):
         return prune(configs, {**named_args, **kwargs})
 
     chosen = tile_configs() if configs is None else list(configs)
     return triton.autotune(configs=chosen, key=list(key),
-                           prune_configs_by={"early_config_prune": early_prune})
+                           prune_configs_by={"early_config_prune": early_prune},
+                           reset_to_zero=list(reset_to_zero) or None)

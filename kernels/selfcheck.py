@@ -145,6 +145,62 @@ def _local_conv_check(device: torch.device, dtype: torch.dtype) -> float:
     return _relative_error(out, ref.reshape(2, 6, 4, 4))
 
 
+def _shifted(x: torch.Tensor, shift: torch.Tensor, pad: int) -> torch.Tensor:
+    """x zero-padded by `pad`, sampled bilinearly at each pixel + shift (dy, dx) by grid_sample."""
+    height, width = x.shape[2:]
+    ys = torch.arange(-pad, height + pad, dtype=x.dtype, device=x.device) + shift[0]
+    xs = torch.arange(-pad, width + pad, dtype=x.dtype, device=x.device) + shift[1]
+    grid = torch.stack(torch.meshgrid(2 * xs / (width - 1) - 1, 2 * ys / (height - 1) - 1,
+                                      indexing="xy"), dim=-1)
+    return F.grid_sample(x, grid.expand(x.shape[0], -1, -1, -1), align_corners=True)
+
+
+def _deform_problem(device: torch.device, dtype: torch.dtype):
+    """A 3x3, groups=2 DCNv2 layer whose offsets and mask vary per tap but not per position.
+
+    Its float64 reference is then PyTorch alone: per tap, grid_sample shifts the image by the
+    tap's offset and a 1x1 convolution applies the tap's weights.
+    """
+    def make(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, dtype=torch.float64)).to(device)
+
+    x, weight, shifts = make(2, 6, 9, 8), make(4, 3, 3, 3), make(9, 2, scale=1.5)
+    modulation = torch.rand(9, dtype=torch.float64).to(device)
+
+    def ours(x, weight, shifts, modulation):
+        from .deform import deform_conv2d
+
+        offset = shifts.reshape(1, 18, 1, 1).expand(2, 18, 9, 8).to(dtype)
+        mask = modulation.reshape(1, 9, 1, 1).expand(2, 9, 9, 8).to(dtype)
+        return deform_conv2d(x.to(dtype), offset, weight.to(dtype), padding=1, mask=mask)
+
+    def reference(x, weight, shifts, modulation):
+        out = 0
+        for tap in range(9):
+            i, j = divmod(tap, 3)
+            sampled = _shifted(x, shifts[tap], 1)[:, :, i:i + 9, j:j + 8]
+            out = out + modulation[tap] * F.conv2d(sampled, weight[:, :, i:i + 1, j:j + 1],
+                                                   groups=2)
+        return out
+
+    return (x, weight, shifts, modulation), ours, reference
+
+
+def _deform_check(device: torch.device, dtype: torch.dtype) -> float:
+    inputs, ours, reference = _deform_problem(device, dtype)
+    return _relative_error(F.relu(ours(*inputs)), F.relu(reference(*inputs)))
+
+
+def _deform_backward_check(device: torch.device, dtype: torch.dtype) -> float:
+    inputs, ours, reference = _deform_problem(device, dtype)
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    ref_leaves = [t.clone().requires_grad_() for t in inputs]
+    grad_out = torch.randn(2, 4, 9, 8, dtype=torch.float64).to(device)
+    grads = torch.autograd.grad(ours(*leaves), leaves, grad_out.to(dtype))
+    refs = torch.autograd.grad(reference(*ref_leaves), ref_leaves, grad_out)
+    return max(_relative_error(g, r) for g, r in zip(grads, refs, strict=True))
+
+
 CHECKS: dict[str, Callable[[torch.device, torch.dtype], float]] = {
     "conv1d": _conv_check(1, stride=2, padding=1),
     "conv2d": _conv_check(2, padding=1, dilation=(1, 2)),
@@ -159,6 +215,8 @@ CHECKS: dict[str, Callable[[torch.device, torch.dtype], float]] = {
     "depthwise separable": _depthwise_separable_check,
     "separable_conv2d": _separable_check,
     "local_conv2d": _local_conv_check,
+    "deform_conv2d": _deform_check,
+    "deform_conv2d backward": _deform_backward_check,
 }
 
 
