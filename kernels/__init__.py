@@ -27,13 +27,16 @@ from .depthwise_separable import depthwise_separable_conv2d
 from .epilogue import ACTIVATION_NAMES
 from .geometry import ConvGeometry, conv_output_length, output_shape, transposed_output_length
 from .local_conv import local_conv2d
-from .nn import patch
+from .optimize import OptimizeReport, optimize
+from .patch import PatchReport, patch
 from .separable import SeparableFactors, factorize_separable, separable_conv2d
 
 __all__ = [
     "ACTIVATION_NAMES",
     "BackendUnavailable",
     "ConvGeometry",
+    "OptimizeReport",
+    "PatchReport",
     "SeparableFactors",
     "backend_for",
     "conv1d",
@@ -50,6 +53,7 @@ __all__ = [
     "get_backend_preference",
     "local_conv2d",
     "nn",
+    "optimize",
     "output_shape",
     "patch",
     "separable_conv2d",

@@ -8,7 +8,6 @@ DeformConv2d mirrors torchvision.ops.DeformConv2d (parameters and call) and adds
 from __future__ import annotations
 
 import math
-import sys
 
 import torch
 import torch.nn.functional as F
@@ -166,33 +165,6 @@ class Conv2Plus1d(nn.Module):
         if temporal.bias is not None:
             new.temporal.bias.copy_(temporal.bias)
         return new
-
-
-# torch.nn type -> foveal replacement; later kernels add their modules here.
-REPLACEMENTS: dict[type[nn.Module], type[nn.Module]] = {
-    nn.Conv1d: Conv1d,
-    nn.Conv2d: Conv2d,
-    nn.Conv3d: Conv3d,
-    nn.ConvTranspose1d: ConvTranspose1d,
-    nn.ConvTranspose2d: ConvTranspose2d,
-    nn.ConvTranspose3d: ConvTranspose3d,
-}
-
-
-def patch(model: nn.Module) -> nn.Module:
-    """Swap every torch.nn (and torchvision) convolution in `model` for its foveal module, in place.
-
-    Parameters are shared, not copied, so the model's outputs, state_dict and any optimiser
-    holding its parameters are unchanged. Returns `model` for chaining.
-    """
-    _register_torchvision()
-    for name, child in list(model.named_children()):
-        replacement = REPLACEMENTS.get(type(child))
-        if replacement is not None:
-            setattr(model, name, replacement.from_torch(child))
-        else:
-            patch(child)
-    return model
 
 
 def _uniform_(tensor: torch.Tensor, fan_in: int) -> None:
@@ -454,14 +426,3 @@ class DeformConv2d(nn.Module):
     def from_torch(cls, module: nn.Module, activation: ActivationArg = None) -> DeformConv2d:
         """`patch()`'s swap: same parameters, same state_dict, same forward(input, offset, mask)."""
         return cls.from_torchvision(module, predict_offsets=False, activation=activation)
-
-
-def _register_torchvision() -> None:
-    """torchvision's DeformConv2d joins REPLACEMENTS once torchvision is loaded.
-
-    torchvision is optional and slow to import, so it is never imported here: a model holding
-    its DeformConv2d has loaded it already.
-    """
-    module = sys.modules.get("torchvision.ops.deform_conv")
-    if module is not None:
-        REPLACEMENTS.setdefault(module.DeformConv2d, DeformConv2d)

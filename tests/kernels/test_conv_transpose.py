@@ -161,5 +161,6 @@ def test_module_output_size_and_patch():
     out = module(x, output_size=[10, 10])
     assert out.shape == (1, 3, 10, 10)
     assert torch.allclose(out, F.relu(torch_module(x, output_size=[10, 10])), atol=1e-10)
-    model = fk.patch(torch.nn.Sequential(torch.nn.ConvTranspose3d(2, 2, 2, stride=2)))
+    model = torch.nn.Sequential(torch.nn.ConvTranspose3d(2, 2, 2, stride=2))
+    assert [name for name, _ in fk.patch(model).replaced] == ["0"]
     assert isinstance(model[0], fk.nn.ConvTranspose3d)

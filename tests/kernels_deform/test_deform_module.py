@@ -132,3 +132,15 @@ def test_offsets_learn_a_shift_through_the_triton_backward():
         learned = layer.offset_conv(x)[inner][:, :2].mean(dim=(0, 2, 3)).double()
     assert loss < 0.1 * _plain_1x1_conv_loss(image[inner], target[inner])
     assert torch.allclose(learned, torch.tensor(shift, **F64), atol=0.25), learned
+
+
+def test_state_dict_loads_both_ways_with_torchvision():
+    from torchvision.ops import DeformConv2d as TorchvisionDeformConv2d
+
+    theirs = TorchvisionDeformConv2d(4, 6, 3, padding=1, groups=2)
+    ours = DeformConv2d(4, 6, 3, padding=1, groups=2, predict_offsets=False)
+    ours.load_state_dict(theirs.state_dict())
+    assert torch.equal(ours.weight, theirs.weight) and torch.equal(ours.bias, theirs.bias)
+    back = TorchvisionDeformConv2d(4, 6, 3, padding=1, groups=2)
+    back.load_state_dict(ours.state_dict())
+    assert torch.equal(back.weight, theirs.weight)
