@@ -2,16 +2,23 @@
 
     [[models]]
     name = "gabor-small"          # how clients name it
-    kind = "gabor"                # see KINDS: gabor, motion-energy, resnet50, r3d_18, ...
-    weights = "weights.pt"        # kinds with trained weights only
+    kind = "gabor"                # gabor | motion-energy | torchvision | python
+    architecture = "resnet50"     # torchvision: any classification or video architecture
+    factory = "pkg.module:fn"     # python: a function returning an nn.Module
+    weights = "weights.pt"        # torchvision and python: a state_dict file (else seeded)
     device = "auto"               # auto | cpu | cuda | cuda:N
     precision = "float32"         # float32 | float16 | bfloat16
-    outputs = ["simple", "energy"]    # outputs served (default: all the kind has)
+    outputs = ["simple", "energy"]    # outputs served (default: all the kind has; torchvision
+                                      # and python: node names, default the classifier's input)
     default_outputs = ["energy"]      # returned when a request names none
+
+    [models.options]              # torchvision and python: keyword arguments for the builder
+    num_classes = 10
 
     [models.input]
     size = [64, 64]               # height, width; omit (or [0, 0]) for any size
     channels = 3
+    kind = "image"                # python models: image | video
     resize = true                 # resize other sizes to `size` (false: reject them)
     frames = 16                   # clip length (video kinds)
     mean = [0.5, 0.5, 0.5]        # normalisation after scaling uint8 to [0, 1]
@@ -36,8 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .models.base import InputSpec
-from .models.registry import BUILTIN_MODELS, KINDS
+from .models.base import IMAGE, VIDEO, InputSpec
+from .models.registry import BUILTIN_MODELS, KINDS, check_settings, default_input
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -76,19 +83,22 @@ class ModelConfig:
     outputs: tuple[str, ...] = ()
     default_outputs: tuple[str, ...] = ()
     batching: dict[str, Any] = field(default_factory=dict)  # overrides of the server's policy
+    architecture: str | None = None
+    factory: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
 
     def batch_policy(self, server_default: BatchPolicy) -> BatchPolicy:
         return dataclasses.replace(server_default, **self.batching)
 
 
 def builtin_models() -> list[ModelConfig]:
-    return [ModelConfig(name, kind, KINDS[kind].default_input)
+    return [ModelConfig(name, kind, default_input(kind))
             for name, kind in BUILTIN_MODELS.items()]
 
 
 _MODEL_KEYS = {"name", "kind", "weights", "device", "precision", "outputs", "default_outputs",
-               "input", "batching"}
-_INPUT_KEYS = {"size", "channels", "resize", "frames", "mean", "std", "max_pixels"}
+               "input", "batching", "architecture", "factory", "options"}
+_INPUT_KEYS = {"size", "channels", "resize", "frames", "mean", "std", "max_pixels", "kind"}
 _BATCH_KEYS = {f.name for f in dataclasses.fields(BatchPolicy)}
 
 
@@ -108,11 +118,15 @@ def _strings(where: str, key: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _input_spec(where: str, kind: str, table: Any) -> InputSpec:
+def _input_spec(where: str, kind: str, table: Any, architecture: str | None) -> InputSpec:
     if not isinstance(table, dict):
         raise RepositoryError(f"{where}: input must be a table, got {table!r}")
     _check_keys(f"{where}.input", table, _INPUT_KEYS)
-    base = KINDS[kind].default_input
+    input_kind = table.get("kind")
+    if input_kind is not None and (kind != "python" or input_kind not in (IMAGE, VIDEO)):
+        raise RepositoryError(f"{where}.input: kind is for python models only, and is "
+                              f"{IMAGE!r} or {VIDEO!r}; got {input_kind!r} for a {kind} model")
+    base = default_input(kind, architecture, input_kind)
     changes: dict[str, Any] = {}
     if "size" in table:
         size = table["size"]
@@ -188,6 +202,14 @@ def _model(where: str, table: Any, base_dir: Path) -> ModelConfig:
         if not path.is_file():
             raise RepositoryError(f"{where}: weights file {str(path)!r} does not exist")
         weights = str(path)
+    settings = {key: table.get(key) for key in ("architecture", "factory")}
+    options = table.get("options", {})
+    if not isinstance(options, dict):
+        raise RepositoryError(f"{where}: options must be a table")
+    try:
+        check_settings(kind, settings["architecture"], settings["factory"], options)
+    except ValueError as err:
+        raise RepositoryError(f"{where}: {err}") from None
     batching = table.get("batching", {})
     if not isinstance(batching, dict):
         raise RepositoryError(f"{where}: batching must be a table")
@@ -197,11 +219,12 @@ def _model(where: str, table: Any, base_dir: Path) -> ModelConfig:
     except ValueError as err:
         raise RepositoryError(f"{where}.batching: {err}") from None
     return ModelConfig(
-        name=name, kind=kind, input=_input_spec(where, kind, table.get("input", {})),
+        name=name, kind=kind,
+        input=_input_spec(where, kind, table.get("input", {}), settings["architecture"]),
         weights=weights, device=device, precision=precision,
         outputs=_strings(where, "outputs", table.get("outputs", [])),
         default_outputs=_strings(where, "default_outputs", table.get("default_outputs", [])),
-        batching=dict(batching))
+        batching=dict(batching), options=dict(options), **settings)
 
 
 def load_repository(path: str | Path) -> list[ModelConfig]:

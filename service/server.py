@@ -102,7 +102,9 @@ def load_model(config: ModelConfig, default_device: str, preference: str) -> Ser
     device = resolve_device(default_device if config.device == "auto" else config.device)
     with fk.use_backend(preference):
         model = build_model(config.name, config.kind, config.input, device,
-                            _DTYPES[config.precision], config.weights)
+                            _DTYPES[config.precision], config.weights,
+                            architecture=config.architecture, factory=config.factory,
+                            options=config.options)
     model.select_outputs(config.outputs, config.default_outputs)
     return model
 

@@ -1,4 +1,4 @@
-"""Models the service runs: analytic filter banks (and, later, trained architectures).
+"""Models the service runs: analytic filter banks, torchvision architectures, user modules.
 
 Each kind registers a builder in `KINDS`; the repository (TOML or built-in) calls it.
 """

@@ -241,3 +241,29 @@ def test_settings_are_checked_against_the_model(server):
         ExtractSettings(outputs=("x",)).resolved(spec)
     assert ExtractSettings().resolved(spec) == dataclasses.replace(
         ExtractSettings(), clip_len=8, stride=8)
+
+
+def test_local_mode_runs_torchvision_models(tmp_path, capsys):
+    """`--local` builds repository models with the server's code: a torchvision kind here."""
+    import torchvision
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    reference = torchvision.models.resnet18(num_classes=4).eval()
+    torch.save(reference.state_dict(), tmp_path / "w.pt")
+    (tmp_path / "models.toml").write_text(
+        '[[models]]\nname = "r18"\nkind = "torchvision"\narchitecture = "resnet18"\n'
+        'weights = "w.pt"\noutputs = ["layer2", "fc"]\ninput = { size = [32, 32] }\n')
+    pixels = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    code = main(["extract", str(tmp_path / "a.png"), "--model", "r18", "--local", "--models",
+                 str(tmp_path / "models.toml"), "--backend", "torch", "--out",
+                 str(tmp_path / "out"), "--outputs", "layer2,fc"])
+    assert code == 0, capsys.readouterr().out
+    got = outputs_by_input(tmp_path / "out")["a.png"]
+    mean = torch.tensor([0.485, 0.456, 0.406]).reshape(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).reshape(3, 1, 1)
+    x = ((torch.from_numpy(pixels).permute(2, 0, 1).float() / 255 - mean) / std).unsqueeze(0)
+    with torch.no_grad():
+        expected = create_feature_extractor(reference, ["layer2", "fc"])(x)
+    for layer in ("layer2", "fc"):
+        np.testing.assert_allclose(got[layer], expected[layer][0].numpy(), rtol=1e-4, atol=1e-4)
