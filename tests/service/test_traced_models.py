@@ -180,3 +180,26 @@ def test_server_serves_a_torchvision_model_from_a_weights_file(tmp_path):
     for name in ("layer1", "flatten"):
         np.testing.assert_allclose(got[name], expected[name][0].detach().numpy(), rtol=1e-4,
                                    atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("architecture,build,shape", [
+    ("resnet50", tm.resnet50, (4, 3, 224, 224)),
+    ("mobilenet_v2", tm.mobilenet_v2, (4, 3, 224, 224)),
+    ("r3d_18", tm.video.r3d_18, (2, 3, 16, 112, 112)),
+])
+def test_served_torchvision_models_on_the_gpu_in_fp16(architecture, build, shape, tmp_path):
+    """Full-size served networks on the compiled Triton kernels (fp16, channels-last) against
+    torchvision in float64."""
+    reference = _with_random_statistics(build()).cuda()
+    torch.save(reference.state_dict(), tmp_path / "w.pt")
+    spec = KINETICS_INPUT if len(shape) == 5 else IMAGENET_INPUT
+    model = build_model("m", "torchvision", spec, torch.device("cuda"), torch.float16,
+                        str(tmp_path / "w.pt"), architecture=architecture)
+    model.select_outputs(("flatten",))
+    x = torch.randn(shape, device="cuda", dtype=torch.float64)
+    with fk.use_backend("triton"):
+        got = model.forward(x.half(), frozenset({"flatten"}))["flatten"]
+    expected = create_feature_extractor(reference, ["flatten"])(x)["flatten"]
+    error = (got.double() - expected).abs().max() / expected.abs().max()
+    assert got.shape == expected.shape and error < 3e-2
