@@ -4,14 +4,15 @@ timed, the JSON carries every field, and a wrong or failing kernel is caught bef
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
 
 from foveal.bench.harness import Settings, relative_error, run_benchmark
-from foveal.bench.ops import ADAPTERS, ConvAdapter
+from foveal.bench.ops import ADAPTERS, ConvAdapter, DeformAdapter
 from foveal.bench.report import to_json
-from foveal.bench.workloads import select
+from foveal.bench.workloads import WorkloadError, select
 
 CPU = torch.device("cpu")
 
@@ -24,11 +25,36 @@ def _one(smoke_workloads, name):
     return select(smoke_workloads, names=[name])
 
 
+# Each op's differentiable inputs as its signature names them (conv-like ops: input, weight,
+# bias), and the baselines it is timed against besides PyTorch.
+GRADIENTS = {
+    "depthwise_separable_conv2d": {"x", "dw_weight", "pw_weight", "dw_bias", "pw_bias"},
+    "separable_conv2d": {"input", "weight_col", "weight_row", "bias"},
+    "deform_conv2d": {"input", "offset", "weight", "bias"},
+}
+EXTRA_BASELINES = {"separable_conv2d": {"conv2d kxk"}}
+NEW_OPS = {"depthwise_separable_conv2d": "smoke.depthwise_separable_conv2d",
+           "separable_conv2d": "smoke.separable_conv2d", "local_conv2d": "smoke.local_conv2d",
+           "deform_conv2d": "smoke.deform_conv2d.dcnv2"}
+
+
+def _expected_gradients(workload) -> set[str]:
+    names = set(GRADIENTS.get(workload.op, {"input", "weight", "bias"}))
+    if workload.args.get("bias") is False:
+        names -= {"bias", "dw_bias", "pw_bias"}
+    for optional in ("mask", "residual"):
+        if workload.args.get(optional):
+            names.add(optional)
+    return {f"grad_{name}" for name in names}
+
+
 def test_every_smoke_case_passes_its_check_and_is_timed(smoke_report, smoke_workloads):
     seen = {(c.workload.name, c.direction) for c in smoke_report.cases}
     assert seen == {(w.name, d) for w in smoke_workloads for d in ("forward", "backward")}
+    assert {w.op for w in smoke_workloads} >= set(NEW_OPS)
     for case in smoke_report.cases:
-        assert set(case.variants) == {"foveal", "pytorch"}, case.workload.name
+        expected_variants = {"foveal", "pytorch", *EXTRA_BASELINES.get(case.workload.op, ())}
+        assert set(case.variants) == expected_variants, case.workload.name
         for name, v in case.variants.items():
             where = f"{case.workload.name} {case.direction} {name}: {v.message}"
             assert v.status == "ok", where
@@ -36,10 +62,9 @@ def test_every_smoke_case_passes_its_check_and_is_timed(smoke_report, smoke_work
             assert v.timing is not None and v.timing.median_ms > 0, where
             assert v.timing.meaningful is False, where
         if case.direction == "backward":
-            expected = {"grad_input", "grad_weight", "grad_bias"}
-            if case.workload.args.get("residual"):
-                expected.add("grad_residual")
-            assert set(case.variants["foveal"].errors) == expected
+            for name, v in case.variants.items():
+                assert set(v.errors) == _expected_gradients(case.workload), (
+                    case.workload.name, name)
     assert smoke_report.failures == []
     assert smoke_report.meaningful is False
 
@@ -79,7 +104,7 @@ def test_json_has_every_field(smoke_document):
         assert foveal["tflops"] == pytest.approx(row["flops"] / foveal["time_ms"] / 1e9)
 
 
-class _OffByOne(ConvAdapter):
+class _OffByOneMixin:
     """A 'kernel' that gets one output element wrong, and counts how often it runs."""
 
     calls = 0
@@ -89,6 +114,10 @@ class _OffByOne(ConvAdapter):
         out = super().foveal(workload, inputs).clone()
         out[(0,) * out.dim()] += 1.0
         return out
+
+
+class _OffByOne(_OffByOneMixin, ConvAdapter):
+    pass
 
 
 class _WrongShape(ConvAdapter):
@@ -121,6 +150,58 @@ class _WrongBackward(ConvAdapter):
 class _Broken(ConvAdapter):
     def foveal(self, workload, inputs):
         raise RuntimeError("kernel launch failed")
+
+
+def test_wrong_output_of_every_new_op_is_caught_before_timing(smoke_workloads):
+    """One adapter's output made wrong by one element, for each op beyond plain convolution:
+    the check runs it once, reports it wrong, and never times it."""
+    for op, workload in NEW_OPS.items():
+        base = type(ADAPTERS[op])
+        wrong = type(f"OffByOne{base.__name__}", (_OffByOneMixin, base), {"calls": 0})()
+        report = run_benchmark(_one(smoke_workloads, workload), _settings(),
+                               adapters={**ADAPTERS, op: wrong})
+        [case] = report.cases
+        foveal = case.variants["foveal"]
+        assert foveal.status == "wrong", (op, foveal.message)
+        assert foveal.timing is None and foveal.peak_memory_bytes is None, op
+        assert "output relative error" in foveal.message, op
+        assert type(wrong).calls == 1, op
+        assert case.variants["pytorch"].status == "ok", op
+        assert case.variants["pytorch"].timing is not None, op
+
+
+class _WrongOffsetGradient(DeformAdapter):
+    """Right output and gradients, except the offset's, twice too large."""
+
+    def foveal(self, workload, inputs):
+        return super().foveal(workload, {**inputs,
+                                         "offset": _DoubleGradient.apply(inputs["offset"])})
+
+
+def test_wrong_offset_gradient_is_caught_against_torchvision(smoke_workloads):
+    report = run_benchmark(_one(smoke_workloads, "smoke.deform_conv2d.dcnv1"),
+                           _settings(backward=True),
+                           adapters={**ADAPTERS, "deform_conv2d": _WrongOffsetGradient()})
+    forward, backward = report.cases
+    assert forward.variants["foveal"].status == "ok"
+    foveal = backward.variants["foveal"]
+    assert foveal.status == "wrong" and foveal.timing is None
+    assert foveal.errors["grad_offset"] == pytest.approx(1.0, rel=1e-3)  # 2g vs g
+    assert "grad_offset relative error" in foveal.message
+    for name in ("grad_input", "grad_weight"):
+        assert foveal.errors[name] <= foveal.tolerance, name
+    assert backward.variants["pytorch"].status == "ok"
+
+
+def test_deform_without_torchvision_names_the_workload(smoke_workloads, monkeypatch):
+    [workload] = _one(smoke_workloads, "smoke.deform_conv2d.dcnv1")
+    adapter = ADAPTERS["deform_conv2d"]
+    inputs = adapter.make_inputs(workload, torch.float32, CPU)
+    monkeypatch.setitem(sys.modules, "torchvision.ops", None)  # as if not installed
+    with pytest.raises(WorkloadError) as err:
+        adapter.eager(workload, inputs)
+    assert "workload 'smoke.deform_conv2d.dcnv1'" in str(err.value)
+    assert "torchvision is not installed" in str(err.value)
 
 
 def test_wrong_output_is_reported_and_never_timed(smoke_workloads):
