@@ -23,7 +23,7 @@ from torch import nn
 from . import nn as fnn
 from .batchnorm import fold_batchnorm
 from .epilogue import ActivationArg
-from .patch import patch, replacement_for
+from .patch import patch, register_torchvision, replacement_for
 
 FOVEAL_CONVS: dict[tuple[int, bool], type[nn.Module]] = {
     (1, False): fnn.Conv1d, (2, False): fnn.Conv2d, (3, False): fnn.Conv3d,
@@ -108,6 +108,7 @@ def optimize(model: nn.Module, *, depthwise_separable: bool = True) -> fx.GraphM
     if model.training:
         raise ValueError("optimize() is for inference: call model.eval() first (it folds "
                          "BatchNorms with their running statistics)")
+    register_torchvision()  # its DeformConv2d stays a leaf for patch() to swap
     tracer = _LeafTracer()
     try:
         graph = tracer.trace(model)

@@ -213,3 +213,28 @@ def test_optimized_model_moves_and_casts_like_a_module():
     with torch.no_grad():
         assert torch.allclose(optimized(x), model(x.double()).float(), atol=1e-5)
     assert all(p.dtype == torch.float32 for p in optimized.parameters())
+
+
+class _WithTorchvisionDeform(nn.Module):
+    def __init__(self):
+        super().__init__()
+        from torchvision.ops import DeformConv2d
+
+        self.offsets = nn.Conv2d(3, 18, 3, padding=1)
+        self.dcn = DeformConv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return torch.relu(self.bn(self.dcn(x, self.offsets(x))))
+
+
+def test_torchvision_deform_conv_is_kept_whole_and_swapped():
+    torch.manual_seed(0)
+    model = _random_statistics(_WithTorchvisionDeform())
+    x = torch.randn(1, 3, 5, 6, dtype=torch.float64)
+    with torch.no_grad():
+        expected = model(x)
+        optimized = fk.optimize(model)
+        with fk.use_backend("torch"):
+            _close(optimized(x), expected)
+    assert type(optimized.dcn) is fk.nn.DeformConv2d and optimized.report.left == []
