@@ -10,6 +10,7 @@ say) are swapped by `patch`; the rest of the graph runs as traced.
 
 from __future__ import annotations
 
+import copy
 import functools
 import operator
 from dataclasses import dataclass, field
@@ -80,6 +81,7 @@ class _Conv:
     """One convolution in the graph, traced as a module call or as a functional call."""
 
     node: fx.Node
+    input: fx.Node
     name: str
     weight: torch.Tensor
     bias: torch.Tensor | None
@@ -98,7 +100,7 @@ class _LeafTracer(fx.Tracer):
 
 
 def optimize(model: nn.Module, *, depthwise_separable: bool = True) -> fx.GraphModule:
-    """A fused inference copy of `model` (an eval-mode nn.Module); `model` itself is unchanged.
+    """A fused inference copy of `model` (an eval-mode nn.Module), sharing no parameters with it.
 
     The result computes the same function as `model` in eval mode. Its `report` attribute
     (an OptimizeReport) gives the launch count before and after and each fusion. Raises
@@ -109,6 +111,7 @@ def optimize(model: nn.Module, *, depthwise_separable: bool = True) -> fx.GraphM
         raise ValueError("optimize() is for inference: call model.eval() first (it folds "
                          "BatchNorms with their running statistics)")
     register_torchvision()  # its DeformConv2d stays a leaf for patch() to swap
+    model = copy.deepcopy(model).eval()  # share nothing: the result is cast and moved alone
     tracer = _LeafTracer()
     try:
         graph = tracer.trace(model)
@@ -170,7 +173,8 @@ def _as_conv(node: fx.Node, gm: fx.GraphModule, modules: dict[str, nn.Module],
                                                    "padding_mode")}
         if transposed:
             options["output_padding"] = module.output_padding
-        return _Conv(node, node.target, module.weight, module.bias, transposed, options)
+        return _Conv(node, node.args[0], node.target, module.weight, module.bias, transposed,
+                     options)
     if node.op != "call_function" or node.target not in CONV_FUNCTIONS:
         return None
     _, transposed, names = CONV_FUNCTIONS[node.target]
@@ -183,7 +187,8 @@ def _as_conv(node: fx.Node, gm: fx.GraphModule, modules: dict[str, nn.Module],
         report.left.append((node.name, "its weight, bias or arguments are computed in the "
                                        "graph, not parameters"))
         return None
-    return _Conv(node, weight.target.removesuffix(".weight"), _attribute(gm, weight.target),
+    return _Conv(node, arguments["input"], weight.target.removesuffix(".weight"),
+                 _attribute(gm, weight.target),
                  None if bias is None else _attribute(gm, bias.target), transposed, options)
 
 
@@ -299,7 +304,7 @@ def _fuse_epilogue(gm: fx.GraphModule, conv: _Conv, modules: dict[str, nn.Module
     last = chain[-1]
     with graph.inserting_before(last):
         kwargs = {"residual": residual[1]} if residual else {}
-        new = graph.call_module(name, (conv.node.args[0],), kwargs)
+        new = graph.call_module(name, (conv.input,), kwargs)
     last.replace_all_uses_with(new)
     _erase(graph, chain)
     epilogue = [what for what, present in (("BatchNorm folded", bn), ("residual", residual))

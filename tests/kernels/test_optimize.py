@@ -238,3 +238,22 @@ def test_torchvision_deform_conv_is_kept_whole_and_swapped():
         with fk.use_backend("torch"):
             _close(optimized(x), expected)
     assert type(optimized.dcn) is fk.nn.DeformConv2d and optimized.report.left == []
+
+
+class _KeywordConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(4, 3, 3, 3))
+
+    def forward(self, x):
+        return F.relu(F.conv2d(input=x, weight=self.weight, padding=1))
+
+
+def test_keyword_arguments_and_no_shared_parameters():
+    model = _KeywordConv().double().eval()
+    x = torch.randn(1, 3, 5, 5, dtype=torch.float64)
+    optimized = fk.optimize(model)
+    _close(optimized(x), model(x))
+    assert optimized.report.fused == ["weight + relu -> foveal Conv2d (relu)"]
+    model.float()  # the optimised copy is not cast with it
+    assert all(p.dtype == torch.float64 for p in optimized.parameters())
