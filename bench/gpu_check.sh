@@ -2,15 +2,18 @@
 # `make gpu-check`: the GPU tests, the kernel self-check and the benchmark, on a lent GPU.
 #
 # Phases (GPU_CHECK_PHASES, default all, in this order), each with a time limit so the whole
-# check fits in 25 minutes on one H100 and each phase alone in 10 minutes:
+# check fits in 25 minutes on one H100 (24.5 min of limits) and each phase alone in 10 minutes:
 #   tests      pytest -m gpu: the kernel comparisons at real layer sizes        (5.5 min)
 #   selfcheck  foveal selfcheck in fp16, bf16 and fp32                          (2 min)
-#   forward    device ceilings, then every full workload forward, fp16 + bf16   (7 min)
-#   backward   device ceilings, then every full workload backward, fp16 + bf16  (6 min)
-#   compile    torch.compile (max-autotune kernels) on a few representative layers (4 min)
+#   forward    device ceilings, then every full workload forward, fp16 + bf16   (5.5 min)
+#   backward   device ceilings, then every full workload backward, fp16 + bf16  (4.5 min)
+#   compile    torch.compile (max-autotune kernels) on a few representative layers (3 min)
+#   models     whole networks (resnet50, mobilenet_v2, r3d_18; fp16): optimize()d foveal
+#              against PyTorch eager and torch.compile, end to end               (4 min)
 # A benchmark phase stops starting new cases shortly before its limit and reports the rest as
-# skipped. Output goes to $OUT when set, else bench/out/ (at most 7 files, no sub-folders):
-# gpu_check.log (every phase's output) and one JSON and one plot per benchmark phase.
+# skipped; interrupted by its limit, it still writes what it measured. Output goes to $OUT when
+# set, else bench/out/ (at most 8 files, no sub-folders): gpu_check.log (every phase's output),
+# one JSON and one plot per layer benchmark phase, and the models phase's JSON.
 # Result JSON from a GPU is also copied into bench/results/ as DATE_DEVICE_LABEL.json; commit
 # it and run `python -m foveal.bench.results_page` to update bench/README.md.
 # The commit measured is recorded from git, or from FOVEAL_GIT_COMMIT where the tree was
@@ -21,7 +24,7 @@ cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
 OUT_DIR="${OUT:-bench/out}"
-ALL_PHASES="tests selfcheck forward backward compile"
+ALL_PHASES="tests selfcheck forward backward compile models"
 PHASES="${GPU_CHECK_PHASES:-$ALL_PHASES}"
 LOG="$OUT_DIR/gpu_check.log"
 BENCH_SUITE="${BENCH_SUITE:-full}"  # "smoke" to try the script on a machine without a GPU
@@ -87,13 +90,20 @@ for phase in $PHASES; do
         selfcheck)
             run_phase selfcheck 120 "$PYTHON" -m foveal.clients.cli selfcheck ;;
         forward)
-            bench_phase forward 420 5.5 --suite "$BENCH_SUITE" ;;
+            bench_phase forward 330 4 --suite "$BENCH_SUITE" ;;
         backward)
-            bench_phase backward 360 4.5 --suite "$BENCH_SUITE" --backward --no-forward ;;
+            bench_phase backward 270 3 --suite "$BENCH_SUITE" --backward --no-forward ;;
         compile)
             # shellcheck disable=SC2086  # the workload list is meant to split into names
-            bench_phase compile 240 2.5 --compile --workloads $COMPILE_WORKLOADS \
+            bench_phase compile 180 1.5 --compile --workloads $COMPILE_WORKLOADS \
                 --dtype float16 ;;
+        models)
+            # JSON only, no plot: $OUT returns at most 8 files. A network takes minutes (the
+            # autotuners of foveal and torch.compile), so no new one starts after 2 minutes.
+            models_json="$OUT_DIR/models-${DATE}-${DEVICE}.json"
+            run_phase models 240 "$PYTHON" -m foveal.clients.cli bench-models --label models \
+                --suite "$BENCH_SUITE" --max-minutes 2 --plain --json "$models_json"
+            keep_result "$models_json" models ;;
         *)
             echo "gpu_check: unknown phase '$phase' (known: $ALL_PHASES)" | tee -a "$LOG"
             FAILED=1 ;;

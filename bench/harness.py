@@ -4,7 +4,9 @@ For each workload, dtype and direction (forward, and backward with --backward) e
 (foveal, PyTorch eager, the adapter's extra baselines, torch.compile when asked) is first run
 on fresh random inputs and compared with a float64 reference; a wrong or failing variant is
 reported and never timed. The right ones are timed rotating among several input sets (so no
-cache holds a previous call's data), and their peak memory is measured.
+cache holds a previous call's data), and their peak memory is measured. A variant that does not
+apply raises `SkipVariant` and is reported as skipped with its reason. An interrupt (Ctrl-C, or
+the SIGINT of a time limit) stops the run but keeps what was measured: the rest is skipped.
 """
 
 from __future__ import annotations
@@ -39,6 +41,19 @@ FOVEAL, PYTORCH, COMPILED = "foveal", "pytorch", "torch.compile"
 # ||out - ref|| / ||ref|| allowed per dtype (float64 reference). fp32 covers TF32 (~3e-4);
 # fp16 and bf16 cover rounding of inputs and outputs. A wrong index gives errors near 1.
 TOLERANCE = {"float64": 1e-9, "float32": 2e-3, "float16": 5e-3, "bfloat16": 2e-2}
+INTERRUPTED = "interrupted (Ctrl-C or the time limit's SIGINT)"
+
+
+class SkipVariant(Exception):
+    """Raised by a variant that cannot or should not run here; the message says why. The variant
+    is reported as skipped, which is not a failure (e.g. torch.compile not run on a CPU)."""
+
+
+def skipped(reason: str) -> OpFunction:
+    """A variant that is listed, never run, and reported as skipped for `reason`."""
+    def skip(_inputs: Inputs) -> torch.Tensor:
+        raise SkipVariant(reason)
+    return skip
 
 
 @dataclass
@@ -56,13 +71,30 @@ class Settings:
     max_minutes: float | None = None
     seed: int = 0
     label: str = "bench"
+    # ||out - ref|| / ||ref|| allowed per dtype; None: TOLERANCE (one op). Whole networks
+    # accumulate rounding over dozens of layers and pass their own.
+    tolerances: Mapping[str, float] | None = None
+
+    def tolerance(self, dtype: str) -> float:
+        return (self.tolerances or TOLERANCE)[dtype]
 
     def to_json(self) -> dict[str, Any]:
         return {"device": str(self.device), "dtypes": list(self.dtypes or []),
                 "forward": self.forward, "backward": self.backward, "compile": self.compile,
                 "compile_mode": self.compile_mode if self.compile else None,
                 "max_input_sets": self.max_input_sets, "max_minutes": self.max_minutes,
-                "seed": self.seed, "label": self.label}
+                "seed": self.seed, "label": self.label,
+                "tolerances": dict(self.tolerances or TOLERANCE)}
+
+
+def compiled(fn: Callable[..., Any], settings: Settings) -> Callable[..., Any]:
+    """torch.compile of `fn` with the run's backend and mode, from a fresh cache (so no
+    recompile limit is reached across cases). Compiles on its first call."""
+    torch.compiler.reset()
+    options: dict[str, Any] = {"backend": settings.compile_backend, "dynamic": False}
+    if settings.compile_backend == "inductor":
+        options["mode"] = settings.compile_mode
+    return torch.compile(fn, **options)
 
 
 @dataclass
@@ -102,6 +134,7 @@ class BenchReport:
     ceilings: Ceilings
     settings: Settings
     cases: list[CaseResult]
+    interrupted: bool = False
 
     @property
     def meaningful(self) -> bool:
@@ -146,7 +179,8 @@ def as_leaves(inputs: Inputs) -> Inputs:
     return {k: v.detach().requires_grad_(v.is_floating_point()) for k, v in inputs.items()}
 
 
-def _describe(err: BaseException) -> str:
+def describe_error(err: BaseException) -> str:
+    """The error's type and first line, short enough for a table note."""
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0] if text else ''}"[:500]
 
@@ -159,6 +193,7 @@ class _Runner:
         self.adapters = adapters
         self.timer = timer
         self.device = settings.device
+        self.interrupted = False
 
     # -- inputs ----------------------------------------------------------------------------
     def input_sets(self, adapter: OpAdapter, workload: Workload, dtype: torch.dtype,
@@ -182,12 +217,7 @@ class _Runner:
                                         PYTORCH: eager}
         found.update(adapter.baselines(workload))
         if self.settings.compile and adapter.compiles:
-            torch.compiler.reset()  # a fresh cache: no recompile limit reached across cases
-            options: dict[str, Any] = {"backend": self.settings.compile_backend,
-                                       "dynamic": False}
-            if self.settings.compile_backend == "inductor":
-                options["mode"] = self.settings.compile_mode
-            found[COMPILED] = torch.compile(eager, **options)
+            found[COMPILED] = compiled(eager, self.settings)
         return found
 
     # -- one variant -----------------------------------------------------------------------
@@ -247,7 +277,7 @@ class _Runner:
         dtype = getattr(torch, dtype_name)
         cost = adapter.cost(workload, dtype, backward=direction == "backward")
         case = CaseResult(workload, dtype_name, direction, cost.flops, cost.bytes)
-        tolerance = TOLERANCE[dtype_name]
+        tolerance = self.settings.tolerance(dtype_name)
         itemsize = torch.empty((), dtype=dtype).element_size()
         torch.manual_seed(self.settings.seed)
         try:
@@ -272,15 +302,23 @@ class _Runner:
                 measure = lambda fn: self.backward(fn, sets, grads_out, ref_grads, tolerance,
                                                    itemsize)
         except Exception as err:  # inputs or reference failed: nothing can be checked
-            case.message = f"could not prepare the case: {_describe(err)}"
+            case.message = f"could not prepare the case: {describe_error(err)}"
             case.variants[FOVEAL] = VariantResult("error", message=case.message)
             return case
         for name, fn in variants.items():
+            if self.interrupted:
+                case.variants[name] = VariantResult("skipped", message=INTERRUPTED)
+                continue
             try:
                 case.variants[name] = measure(fn)
+            except SkipVariant as err:
+                case.variants[name] = VariantResult("skipped", message=str(err))
+            except KeyboardInterrupt:  # keep what was measured; skip the rest
+                self.interrupted = True
+                case.variants[name] = VariantResult("skipped", message=INTERRUPTED)
             except Exception as err:
                 case.variants[name] = VariantResult("error", tolerance=tolerance,
-                                                    message=_describe(err))
+                                                    message=describe_error(err))
         return case
 
 
@@ -327,15 +365,23 @@ def run_benchmark(workloads: Sequence[Workload], settings: Settings, *,
     runner = _Runner(settings, adapters, timer)
     results = []
     for index, (workload, dtype, direction) in enumerate(cases):
-        if deadline is not None and time.monotonic() >= deadline:
+        skip = None
+        if runner.interrupted:
+            skip = f"skipped: {INTERRUPTED}"
+        elif deadline is not None and time.monotonic() >= deadline:
+            skip = f"skipped: time budget of {settings.max_minutes} min used up"
+        else:
+            try:
+                case = runner.run_case(workload, dtype, direction)
+            except KeyboardInterrupt:  # while preparing the case: skip it and the rest
+                runner.interrupted = True
+                skip = f"skipped: {INTERRUPTED}"
+        if skip is not None:
             adapter = adapters[workload.op]
             cost = adapter.cost(workload, getattr(torch, dtype), direction == "backward")
-            case = CaseResult(workload, dtype, direction, cost.flops, cost.bytes,
-                              message=f"skipped: time budget of {settings.max_minutes} min "
-                                      "used up")
-        else:
-            case = runner.run_case(workload, dtype, direction)
+            case = CaseResult(workload, dtype, direction, cost.flops, cost.bytes, message=skip)
         results.append(case)
         if progress:
             progress(index, len(cases), case)
-    return BenchReport(environment or describe(settings.device), ceilings, settings, results)
+    return BenchReport(environment or describe(settings.device), ceilings, settings, results,
+                       interrupted=runner.interrupted)

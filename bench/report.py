@@ -16,6 +16,7 @@ from .device import NOT_MEANINGFUL, Ceilings
 from .harness import FOVEAL, BenchReport, CaseResult, VariantResult
 
 SCHEMA = "foveal-bench/1"
+MODELS_KIND = "models"  # the "kind" of a whole-network run (bench/models.py); absent: layers
 
 
 def _finite(value: float | None) -> float | None:
@@ -109,6 +110,7 @@ def to_json(report: BenchReport) -> dict[str, Any]:
         "schema": SCHEMA,
         "label": report.settings.label,
         "meaningful": report.meaningful,
+        "interrupted": report.interrupted,
         "timing_note": None if report.meaningful else
         f"{NOT_MEANINGFUL}: kernels ran in Triton's interpreter; this run proves correctness only",
         "environment": report.environment,

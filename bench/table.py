@@ -1,5 +1,7 @@
 """The results table, built from a result JSON: rich in a terminal when rich is installed,
-plain text otherwise, and Markdown for the results page. One set of columns serves all three."""
+plain text otherwise, and Markdown for the results page. One set of columns serves all three;
+a whole-network run (kind "models") has its own columns: throughput, kernel launches, and
+foveal's time as a fraction of each baseline's."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from typing import Any, TextIO
 
 from .device import NOT_MEANINGFUL
 from .harness import FOVEAL
+from .report import MODELS_KIND
 
 _MARK = "*"  # suffix of a timing that is not meaningful (CPU interpreter)
 _DIRECTIONS = {"forward": "fwd", "backward": "bwd"}
@@ -47,6 +50,22 @@ def _speedup(value: float | None, meaningful: bool) -> str:
     return "-" if value is None else f"{value:.3g}x" + ("" if meaningful else _MARK)
 
 
+def _ratio(value: float | None, meaningful: bool) -> str:
+    return "-" if value is None else f"{value:.3g}" + ("" if meaningful else _MARK)
+
+
+def _throughput(value: float | None, unit: str, meaningful: bool) -> str:
+    if value is None:
+        return "-"
+    shown = f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+    return f"{shown} {unit}/s" + ("" if meaningful else _MARK)
+
+
+def _launches(row: dict[str, Any]) -> str:
+    before, after = row.get("launches_before"), row.get("launches_after")
+    return "-" if before is None or after is None else f"{before} -> {after}"
+
+
 def _status(row: dict[str, Any]) -> str:
     bad = [f"{name} {v['status']}" for name, v in row["variants"].items() if v["status"] != "ok"]
     if not row["variants"]:
@@ -64,6 +83,8 @@ def baselines(document: dict[str, Any]) -> list[str]:
 
 def columns(document: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """(headers, rows) of the results table."""
+    if document.get("kind") == MODELS_KIND:
+        return model_columns(document)
     meaningful = bool(document["meaningful"])
     others = baselines(document)
     headers = ["workload", "dtype", "dir", "foveal ms", "rate", "roofline", "peak MiB"]
@@ -85,25 +106,83 @@ def columns(document: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
+def model_columns(document: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """(headers, rows) of a whole-network run: per baseline its time and foveal/baseline
+    (foveal's time as a fraction of the baseline's: below 1 means foveal is faster)."""
+    meaningful = bool(document["meaningful"])
+    others = baselines(document)
+    headers = ["model", "batch", "dtype", "foveal ms", "throughput", "launches", "peak MiB"]
+    for name in others:
+        headers += [f"{name} ms", f"foveal/{name}"]
+    headers.append("check")
+    rows = []
+    for row in document["results"]:
+        ours = row["variants"].get(FOVEAL, {})
+        cells = [row["workload"], str(row["batch"]), row["dtype"],
+                 _ms(ours.get("time_ms"), meaningful),
+                 _throughput(ours.get("items_per_s"), row["unit"], meaningful), _launches(row),
+                 _mib(ours.get("peak_memory_bytes"))]
+        for name in others:
+            cells += [_ms(row["variants"].get(name, {}).get("time_ms"), meaningful),
+                      _ratio(row["time_ratio"].get(name), meaningful)]
+        cells.append(_status(row))
+        rows.append(cells)
+    return headers, rows
+
+
+def _target_notes(document: dict[str, Any]) -> list[str]:
+    """Whether each network meets its targets (judged only on meaningful timings)."""
+    if not document["meaningful"]:
+        return ["targets (foveal/baseline time below a bound) are judged on a GPU only"]
+    lines = []
+    for row in document["results"]:
+        parts = []
+        for name, target in row["targets"].items():
+            verdict = {True: "met", False: "MISSED", None: "not measured"}[target["met"]]
+            ratio = "-" if target["ratio"] is None else f"{target['ratio']:.3g}"
+            parts.append(f"{target['goal']} (foveal/{name} {ratio} < {target['below']:g}): "
+                         f"{verdict}")
+        lines.append(f"{row['workload']} {row['dtype']}: " + "; ".join(parts))
+    return lines
+
+
+def _grouped(reasons: dict[str, list[str]]) -> list[str]:
+    """One line per reason with the first few cases it applies to."""
+    lines = []
+    for message, cases in reasons.items():
+        shown = ", ".join(cases[:3]) + (f" and {len(cases) - 3} more" if len(cases) > 3 else "")
+        lines.append(f"{message}: {shown}")
+    return lines
+
+
 def notes(document: dict[str, Any]) -> list[str]:
     """Lines under the table: summary, failures, and the CPU warning."""
     lines = [ceilings_line(document)]
+    models = document.get("kind") == MODELS_KIND
     for baseline, groups in document["summary"]["speedup"].items():
-        parts = [f"{k} {g['geomean_speedup']:.3g}x ({g['cases']})" for k, g in groups.items()]
-        lines.append(f"geomean speedup vs {baseline}: " + ", ".join(parts))
-    for row in document["results"]:
-        for name, v in row["variants"].items():
-            if v["status"] != "ok" and v["message"]:
-                lines.append(f"{row['workload']} {row['dtype']} {row['direction']} {name}: "
-                             f"{v['status']}: {v['message']}")
+        if models:  # the model table shows foveal/baseline: the summary says the same
+            parts = [f"{k} {g['geomean_time_ratio']:.3g} ({g['cases']})"
+                     for k, g in groups.items()]
+            lines.append(f"geomean foveal/{baseline} time: " + ", ".join(parts))
+        else:
+            parts = [f"{k} {g['geomean_speedup']:.3g}x ({g['cases']})"
+                     for k, g in groups.items()]
+            lines.append(f"geomean speedup vs {baseline}: " + ", ".join(parts))
     skipped: dict[str, list[str]] = {}  # one line per reason, not one per case
+    for row in document["results"]:
+        case = f"{row['workload']} {row['dtype']} {row['direction']}"
+        for name, v in row["variants"].items():
+            if v["status"] == "skipped" and v["message"]:
+                skipped.setdefault(f"{name} skipped: {v['message']}", []).append(case)
+            elif v["status"] != "ok" and v["message"]:
+                lines.append(f"{case} {name}: {v['status']}: {v['message']}")
     for row in document["results"]:
         if row["message"]:
             skipped.setdefault(row["message"], []).append(
                 f"{row['workload']} {row['dtype']} {row['direction']}")
-    for message, cases in skipped.items():
-        shown = ", ".join(cases[:3]) + (f" and {len(cases) - 3} more" if len(cases) > 3 else "")
-        lines.append(f"{message}: {shown}")
+    lines += _grouped(skipped)
+    if models:
+        lines += _target_notes(document)
     if not document["meaningful"]:
         lines.append(f"{_MARK} {NOT_MEANINGFUL}: kernels ran in Triton's interpreter; "
                      "this run checks correctness only")
@@ -122,7 +201,8 @@ def ceilings_line(document: dict[str, Any]) -> str:
 
 def title(document: dict[str, Any]) -> str:
     env = document["environment"]
-    text = (f"foveal bench on {env.get('device')} - torch {env.get('torch')}, triton "
+    command = "bench-models" if document.get("kind") == MODELS_KIND else "bench"
+    text = (f"foveal {command} on {env.get('device')} - torch {env.get('torch')}, triton "
             f"{env.get('triton')}, {env.get('date')}")
     return text if document["meaningful"] else f"{text} - timings {NOT_MEANINGFUL}"
 

@@ -155,11 +155,11 @@ def load_workloads(path: str | Path = DEFAULT_FILE) -> list[Workload]:
 
 def select(workloads: Sequence[Workload], *, suite: str | None = None,
            names: Iterable[str] | None = None, ops: Iterable[str] | None = None,
-           tags: Iterable[str] | None = None) -> list[Workload]:
+           tags: Iterable[str] | None = None, noun: str = "workload") -> list[Workload]:
     """Filter workloads; `names` are exact names or shell patterns ("resnet50.*").
 
-    A name or pattern that matches nothing is an error (a typo must not silently shrink a run).
-    With explicit names, the suite filter is not applied.
+    A name or pattern that matches nothing is an error (a typo must not silently shrink a run);
+    its message calls the items `noun`s. With explicit names, the suite filter is not applied.
     """
     chosen = list(workloads)
     if names:
@@ -168,7 +168,7 @@ def select(workloads: Sequence[Workload], *, suite: str | None = None,
             hits = [w for w in workloads if fnmatch.fnmatchcase(w.name, pattern)]
             if not hits:
                 known = ", ".join(w.name for w in workloads)
-                raise WorkloadError(f"no workload matches {pattern!r}; known: {known}")
+                raise WorkloadError(f"no {noun} matches {pattern!r}; known: {known}")
             picked.update((w.name, w) for w in hits)
         chosen = [w for w in workloads if w.name in picked]
     elif suite is not None:

@@ -24,7 +24,7 @@ def test_unknown_phase_fails_with_a_summary_and_a_log_under_out(tmp_path):
     done = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 1
-    known = "(known: tests selfcheck forward backward compile)"
+    known = "(known: tests selfcheck forward backward compile models)"
     assert f"unknown phase 'nonsense' {known}" in done.stdout
     assert "gpu_check summary" in done.stdout
     log = (tmp_path / "gpu_check.log").read_text()
