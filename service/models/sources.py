@@ -6,6 +6,7 @@ user's weights file into it, if any.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import Any
 
@@ -15,6 +16,7 @@ from torch import nn
 from .base import IMAGE, VIDEO
 
 
+@functools.cache  # asked at every check of a repository entry; the answer never changes
 def torchvision_architectures() -> dict[str, str]:
     """torchvision's classification and video architectures: name -> "image" or "video"."""
     import torchvision.models

@@ -11,28 +11,29 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from batchnorm_statistics import randomize_batchnorms
 from torch import nn
 
 import foveal.kernels as fk
-
-
-def _random_statistics(model: nn.Module) -> nn.Module:
-    """float64, eval mode, and BatchNorms far from identity so a wrong fold shows."""
-    generator = torch.Generator().manual_seed(1)
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            for tensor, low, high in ((module.running_mean, -0.5, 0.5),
-                                      (module.running_var, 0.5, 2.0),
-                                      (module.weight.data, 0.5, 1.5),
-                                      (module.bias.data, -0.5, 0.5)):
-                tensor.copy_(torch.rand(tensor.shape, generator=generator) * (high - low) + low)
-    return model.double().eval()
 
 
 def _close(got: torch.Tensor, expected: torch.Tensor) -> None:
     assert got.shape == expected.shape
     scale = max(1.0, expected.abs().max().item())
     assert (got - expected).abs().max().item() <= 1e-10 * scale
+
+
+def _check_optimized(model: nn.Module, x: torch.Tensor, backend: str | None = None):
+    """optimize(model) computes what model does on x (on `backend`, if given); returns it."""
+    with torch.no_grad():
+        expected = model(x)
+        optimized = fk.optimize(model)
+        if backend is None:
+            _close(optimized(x), expected)
+        else:
+            with fk.use_backend(backend):
+                _close(optimized(x), expected)
+    return optimized
 
 
 def _conv_count(model: nn.Module) -> int:
@@ -53,15 +54,9 @@ TORCHVISION_CASES = {
 def test_optimized_torchvision_model_computes_the_same_function(name):
     build, shape, other_launches, pairs = TORCHVISION_CASES[name]
     torch.manual_seed(0)
-    model = _random_statistics(build())
+    model = randomize_batchnorms(build())
     x = torch.randn(shape, dtype=torch.float64)
-    with torch.no_grad():
-        expected = model(x)
-        optimized = fk.optimize(model)
-        with fk.use_backend("torch"):
-            got = optimized(x)
-    _close(got, expected)
-    report = optimized.report
+    report = _check_optimized(model, x, backend="torch").report
     assert report.launches_after == _conv_count(model) - pairs + other_launches
     assert report.launches_after < report.launches_before
     assert sum("DepthwiseSeparableConv2d" in line for line in report.fused) == pairs
@@ -69,7 +64,7 @@ def test_optimized_torchvision_model_computes_the_same_function(name):
 
 
 def test_model_is_left_unchanged():
-    model = _random_statistics(torchvision.models.resnet18())
+    model = randomize_batchnorms(torchvision.models.resnet18())
     types_before = [type(m) for m in model.modules()]
     state_before = {k: v.clone() for k, v in model.state_dict().items()}
     fk.optimize(model)
@@ -96,13 +91,10 @@ def test_optimized_models_on_the_triton_kernels(build, shape):
     """Folded BatchNorms, residual and activation epilogues, downsampling shortcuts and fused
     depthwise-separable launches through the interpreter (deeper stages repeat the same code)."""
     torch.manual_seed(0)
-    model = _random_statistics(build())
+    model = randomize_batchnorms(build())
     x = torch.randn(shape, dtype=torch.float64)
-    with torch.no_grad():
-        expected = model(x)
-        optimized = fk.optimize(model)
-        assert fk.backend_for(x.device) == "interpreter"
-        _close(optimized(x), expected)
+    assert fk.backend_for(x.device) == "interpreter"
+    _check_optimized(model, x)
 
 
 class _Patterns(nn.Module):
@@ -134,12 +126,9 @@ class _Patterns(nn.Module):
 
 def test_fusion_patterns_and_their_limits():
     torch.manual_seed(0)
-    model = _random_statistics(_Patterns())
+    model = randomize_batchnorms(_Patterns())
     x = torch.randn(2, 4, 6, 5, dtype=torch.float64)
-    with torch.no_grad():
-        expected = model(x)
-        optimized = fk.optimize(model)
-        _close(optimized(x), expected)
+    optimized = _check_optimized(model, x)
     fused = "\n".join(optimized.report.fused)
     assert "a + a_bn + leaky_relu -> foveal Conv2d (BatchNorm folded, ('leaky_relu', 0.2))" in fused
     assert "(residual, relu)" in fused
@@ -165,8 +154,7 @@ class _AddsIntoItsInput(nn.Module):
 def test_in_place_add_into_the_other_operand_is_not_fused():
     model = _AddsIntoItsInput().double().eval()
     x = torch.randn(1, 3, 4, 4, dtype=torch.float64)
-    optimized = fk.optimize(model)
-    _close(optimized(x), model(x))
+    optimized = _check_optimized(model, x)
     assert optimized.report.fused == ["conv -> foveal Conv2d"]
 
 
@@ -175,7 +163,7 @@ def test_functional_convolutions_from_a_traced_graph_are_fused():
     from torchvision.models.feature_extraction import create_feature_extractor
 
     torch.manual_seed(0)
-    model = _random_statistics(_truncated_r3d_18())
+    model = randomize_batchnorms(_truncated_r3d_18())
     extractor = create_feature_extractor(model, {"1": "layer1", "2": "layer2"})
     assert any(n.target is F.conv3d for n in extractor.graph.nodes)
     x = torch.randn(1, 3, 2, 8, 8, dtype=torch.float64)
@@ -207,7 +195,7 @@ def test_training_mode_and_untraceable_models_are_refused():
 
 
 def test_optimized_model_moves_and_casts_like_a_module():
-    model = _random_statistics(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()))
+    model = randomize_batchnorms(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()))
     optimized = fk.optimize(model).float()
     x = torch.randn(1, 3, 6, 6)
     with torch.no_grad():
@@ -230,13 +218,9 @@ class _WithTorchvisionDeform(nn.Module):
 
 def test_torchvision_deform_conv_is_kept_whole_and_swapped():
     torch.manual_seed(0)
-    model = _random_statistics(_WithTorchvisionDeform())
+    model = randomize_batchnorms(_WithTorchvisionDeform())
     x = torch.randn(1, 3, 5, 6, dtype=torch.float64)
-    with torch.no_grad():
-        expected = model(x)
-        optimized = fk.optimize(model)
-        with fk.use_backend("torch"):
-            _close(optimized(x), expected)
+    optimized = _check_optimized(model, x, backend="torch")
     assert type(optimized.dcn) is fk.nn.DeformConv2d and optimized.report.left == []
 
 
@@ -252,8 +236,7 @@ class _KeywordConv(nn.Module):
 def test_keyword_arguments_and_no_shared_parameters():
     model = _KeywordConv().double().eval()
     x = torch.randn(1, 3, 5, 5, dtype=torch.float64)
-    optimized = fk.optimize(model)
-    _close(optimized(x), model(x))
+    optimized = _check_optimized(model, x)
     assert optimized.report.fused == ["weight + relu -> foveal Conv2d (relu)"]
     model.float()  # the optimised copy is not cast with it
     assert all(p.dtype == torch.float64 for p in optimized.parameters())

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.models as tm
+from batchnorm_statistics import randomize_batchnorms
 from torchvision.models.feature_extraction import create_feature_extractor
 
 import foveal.kernels as fk
@@ -19,19 +20,6 @@ from foveal.service.repository import RepositoryError, load_repository
 from service_helpers import raw_image, running, to_numpy
 
 CPU = torch.device("cpu")
-
-
-def _with_random_statistics(model: torch.nn.Module) -> torch.nn.Module:
-    model = model.double().eval()
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=generator) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=generator) * 0.1)
-    return model
 
 
 def _served(weights, architecture, outputs=(), spec=IMAGENET_INPUT, dtype=torch.float64):
@@ -47,7 +35,7 @@ def _served(weights, architecture, outputs=(), spec=IMAGENET_INPUT, dtype=torch.
 ])
 def test_served_features_equal_torchvision_run_directly(architecture, build, shape, outputs,
                                                         tmp_path):
-    reference = _with_random_statistics(build())
+    reference = randomize_batchnorms(build())
     torch.save(reference.state_dict(), tmp_path / "weights.pt")
     spec = KINETICS_INPUT if len(shape) == 5 else IMAGENET_INPUT
     model = _served(str(tmp_path / "weights.pt"), architecture, outputs, spec)
@@ -69,7 +57,7 @@ def test_default_output_is_the_classifier_input():
 
 
 def test_weights_files_wrapped_or_prefixed_load(tmp_path):
-    reference = _with_random_statistics(tm.resnet18())
+    reference = randomize_batchnorms(tm.resnet18())
     state = reference.state_dict()
     torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "w.pt")
     model = _served(str(tmp_path / "w.pt"), "resnet18", ("fc",))
@@ -109,7 +97,7 @@ def test_without_weights_a_seeded_initialisation_says_so(caplog):
 def test_python_factory_model_with_options(tmp_path):
     from served_factory import small_net
 
-    reference = _with_random_statistics(small_net(width=6))
+    reference = randomize_batchnorms(small_net(width=6))
     torch.save(reference.state_dict(), tmp_path / "w.pt")
     model = build_model("p", "python", IMAGENET_INPUT, CPU, torch.float64, str(tmp_path / "w.pt"),
                         factory="served_factory:small_net", options={"width": 6})
@@ -158,7 +146,7 @@ def test_repository_entries_for_the_new_kinds(tmp_path):
 
 
 def test_server_serves_a_torchvision_model_from_a_weights_file(tmp_path):
-    reference = _with_random_statistics(tm.resnet18()).float()
+    reference = randomize_batchnorms(tm.resnet18()).float()
     torch.save(reference.state_dict(), tmp_path / "w.pt")
     (tmp_path / "models.toml").write_text(
         '[[models]]\nname = "r18"\nkind = "torchvision"\narchitecture = "resnet18"\n'
@@ -191,7 +179,7 @@ def test_server_serves_a_torchvision_model_from_a_weights_file(tmp_path):
 def test_served_torchvision_models_on_the_gpu_in_fp16(architecture, build, shape, tmp_path):
     """Full-size served networks on the compiled Triton kernels (fp16, channels-last) against
     torchvision in float64."""
-    reference = _with_random_statistics(build()).cuda()
+    reference = randomize_batchnorms(build()).cuda()
     torch.save(reference.state_dict(), tmp_path / "w.pt")
     spec = KINETICS_INPUT if len(shape) == 5 else IMAGENET_INPUT
     model = build_model("m", "torchvision", spec, torch.device("cuda"), torch.float16,
