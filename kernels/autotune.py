@@ -15,32 +15,41 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import torch
 import triton
 
 from .backend import INTERPRETED
+from .launch import shared_memory_per_block
+
+Tile = tuple[int, int, int, int, int]
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages): shapes that do well for implicit GEMM
 # convolutions on Ampere/Hopper; the pruning below drops those that do not fit a problem.
-_GPU_TILES: tuple[tuple[int, int, int, int, int], ...] = (
+# Every one compiles without register spills on sm_90 and sm_80 in fp16, bf16 and fp32 for
+# every benchmark workload (`foveal compilecheck`). Left out for that reason: 128x128x32 on 4
+# warps (its fp32 accumulator alone takes 128 registers a thread), 128x256x32 and 256x128x32
+# on 8 warps (at the 255-register ceiling, spilling in fp32 and in 3-D convolutions); the
+# 8-warp 128x128x32, 256x64 and 64x256 tiles cover the same large problems. 64x16x64 runs on
+# 4 warps: on 2 it spilled where the reduction is flattened over (tap, channel).
+_GPU_TILES: tuple[Tile, ...] = (
     (128, 128, 64, 8, 3),
-    (128, 128, 32, 4, 4),
+    (128, 128, 32, 8, 4),
     (128, 64, 32, 4, 4),
     (64, 128, 32, 4, 4),
-    (128, 256, 32, 8, 3),
-    (256, 128, 32, 8, 3),
+    (256, 64, 32, 8, 3),
+    (64, 256, 32, 8, 3),
     (64, 64, 64, 4, 3),
     (64, 32, 32, 4, 4),
     (32, 64, 32, 4, 4),
     (32, 32, 32, 2, 4),
     # narrow problems: few channels per group (ResNeXt), RGB stems, small weight gradients
     (128, 16, 32, 4, 4),
-    (64, 16, 64, 2, 3),
+    (64, 16, 64, 4, 3),
     (16, 16, 64, 2, 3),
     (128, 64, 16, 4, 4),
     (64, 64, 16, 4, 4),
 )
-_INTERPRETER_TILE = (64, 32, 32, 4, 1)
-_SHARED_MEMORY_BUDGET = 200 * 1024  # bytes; H100 allows 227 KiB per block, A100 163 KiB
+_INTERPRETER_TILE: Tile = (64, 32, 32, 4, 1)
 
 
 def _config(tile: tuple[int, int, int, int, int]) -> triton.Config:
@@ -49,9 +58,10 @@ def _config(tile: tuple[int, int, int, int, int]) -> triton.Config:
                          num_stages=stages)
 
 
-def tile_configs(interpreted: bool = INTERPRETED) -> list[triton.Config]:
-    tiles = (_INTERPRETER_TILE,) if interpreted else _GPU_TILES
-    return [_config(t) for t in tiles]
+def tile_configs(tiles: tuple[Tile, ...] = _GPU_TILES,
+                 interpreted: bool = INTERPRETED) -> list[triton.Config]:
+    """Configs of `tiles` on a GPU; under the interpreter the single `_INTERPRETER_TILE`."""
+    return [_config(t) for t in ((_INTERPRETER_TILE,) if interpreted else tiles)]
 
 
 def _fits(limit: int) -> int:
@@ -59,15 +69,34 @@ def _fits(limit: int) -> int:
     return max(16, triton.next_power_of_2(max(1, limit)))
 
 
+# Smallest row, column and reduction blocks worth trying where the problem is at least that
+# large: narrower tiles only multiply programs, reload operands and shorten the pipelined
+# steps (the narrow tiles are for narrow problems).
+_MIN_USEFUL_M = 64
+_MIN_USEFUL_N = 32
+_MIN_USEFUL_K = 32
+
+
 def prune_tiles(configs: Sequence[triton.Config], m: int, n: int, k: int,
-                element_size: int) -> list[triton.Config]:
-    """Drop tiles much larger than the problem's M, N, K extents or than shared memory."""
+                operand: torch.Tensor) -> list[triton.Config]:
+    """Keep the tiles that suit the problem's M, N, K extents and fit shared memory.
+
+    A tile is dropped when it is larger than an extent (past its power of two), narrower than
+    `_MIN_USEFUL_M`/`_N`/`_K` along an extent that is not, or when the software
+    pipeline's shared memory (num_stages copies of the A and B tiles of `operand`'s element
+    size) passes the limit per block of the GPU that runs `operand`'s kernels (A100: 163 KiB,
+    H100: 227 KiB). Fewer candidates also mean less autotuning time on the GPU.
+    """
+    element_size = operand.element_size()
+    budget = shared_memory_per_block(operand.device)
+    least = [min(floor, _fits(extent)) for floor, extent in
+             ((_MIN_USEFUL_M, m), (_MIN_USEFUL_N, n), (_MIN_USEFUL_K, k))]
     kept = []
     for config in configs:
-        kw = config.kwargs
-        smem = (kw["BLOCK_M"] + kw["BLOCK_N"]) * kw["BLOCK_K"] * element_size * config.num_stages
-        if (kw["BLOCK_M"] <= _fits(m) and kw["BLOCK_N"] <= _fits(n) and kw["BLOCK_K"] <= _fits(k)
-                and smem <= _SHARED_MEMORY_BUDGET):
+        blocks = [config.kwargs[name] for name in ("BLOCK_M", "BLOCK_N", "BLOCK_K")]
+        smem = (blocks[0] + blocks[1]) * blocks[2] * element_size * config.num_stages
+        if smem <= budget and all(low <= block <= _fits(extent) for low, block, extent
+                                  in zip(least, blocks, (m, n, k), strict=True)):
             kept.append(config)
     if kept:
         return kept

@@ -71,6 +71,10 @@ def backend_for(device: torch.device | str) -> BackendName:
         return "torch"
     if device.type == "cuda":
         return "interpreter" if INTERPRETED else "triton"
+    from .launch import is_planned  # launch imports this module
+
+    if is_planned(device):  # meta tensors standing for a GPU's (foveal compilecheck)
+        return "triton"
     if INTERPRETED:
         return "interpreter"
     raise BackendUnavailable(

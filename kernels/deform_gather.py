@@ -34,10 +34,11 @@ from .deform_kernels import (
     _mask_strides,
     _sample_point,
     _sampling_args,
-    _zeros,
 )
 from .geometry import ConvGeometry
+from .launch import launch
 from .tensors import empty_like_layout, needs_int64
+from .tl_helpers import accumulator, lanes, widen
 
 _PLAN_BLOCK = 128
 
@@ -90,7 +91,7 @@ _GATHER_KEY = ["C_G", "COUT_G", "C_OG", "IN_H", "IN_W", "OUT_H", "OUT_W", "N_TAP
 
 def _prune_gather(configs, args):
     return prune_tiles(configs, args["IN_H"] * args["IN_W"], args["COUT_G"], args["C_OG"],
-                       args["dz_ptr"].element_size())
+                       args["dz_ptr"])
 
 
 @autotuned(key=_GATHER_KEY, prune=_prune_gather)
@@ -105,19 +106,15 @@ def deform_input_grad_gather_kernel(
 ):
     # One program: dL/dx for BLOCK_M pixels x BLOCK_K channels of one offset group of one image.
     image_group = tl.program_id(1)  # n * N_OG + og
-    n = image_group // N_OG
-    og = image_group % N_OG
-    pix = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    if INT64:
-        n = n.to(tl.int64)
-        og = og.to(tl.int64)
-        pix = pix.to(tl.int64)
+    n = widen(image_group // N_OG, INT64)
+    og = widen(image_group % N_OG, INT64)
+    pix = lanes(tl.program_id(0), BLOCK_M, INT64)
     pix_ok = pix < IN_H * IN_W
     c0 = og * C_OG + tl.program_id(2) * BLOCK_K
     c = c0 + tl.arange(0, BLOCK_K)
     c_end = og * C_OG + C_OG
     c_ok = c < c_end
-    acc = _zeros(BLOCK_M, BLOCK_K, IS_FP64)
+    acc = accumulator(BLOCK_M, BLOCK_K, IS_FP64)
     for tap in range(0, N_TAPS):
         keys = (image_group * N_TAPS + tap).to(tl.int64) * IN_H * IN_W + pix
         start = tl.load(start_ptr + keys, mask=pix_ok, other=0)
@@ -149,7 +146,7 @@ def input_grad_deterministic(dz: torch.Tensor, x: torch.Tensor, offset: torch.Te
     keys = torch.empty(entries, device=x.device, dtype=torch.int64)
     coefs = torch.empty(entries, device=x.device, dtype=acc_dtype)
     plan_grid = (triton.cdiv(out_positions, _PLAN_BLOCK), batch * offset_groups * taps)
-    deform_scatter_plan_kernel[plan_grid](
+    launch(deform_scatter_plan_kernel, plan_grid,
         offset, mask if mask is not None else offset, keys, coefs, offset_groups,
         *geometry.input_size, *geometry.output_size, geometry.kernel_size[1], taps,
         *_sampling_args(geometry), *offset.stride(), *_mask_strides(mask), pixel_keys,
@@ -166,7 +163,7 @@ def input_grad_deterministic(dz: torch.Tensor, x: torch.Tensor, offset: torch.Te
                          batch * offset_groups,
                          triton.cdiv(geometry.in_channels // offset_groups, meta["BLOCK_K"]))
     common = _common_args(geometry, offset_groups)
-    deform_input_grad_gather_kernel[grid](
+    launch(deform_input_grad_gather_kernel, grid,
         dz, weight, starts, positions, coefs, dx, *common[1:4], offset_groups, *common[4:],
         *weight.stride(), *dz.stride(), *dx.stride(),
         INT64=needs_int64(dz, dx), **_dtype_flags(x))

@@ -36,13 +36,21 @@ import torch
 import triton
 import triton.language as tl
 
-from .autotune import autotuned, prune_tiles
-from .backend import INTERPRETED
+from .autotune import autotuned, prune_tiles, tile_configs
 from .epilogue import NO_EPILOGUE, Epilogue
 from .geometry import ConvGeometry
 from .igemm import input_precision
+from .launch import launch, upcast_operands
 from .tensors import empty_like_layout, needs_int64
-from .tl_helpers import epilogue_store, mma
+from .tl_helpers import (
+    accumulator,
+    epilogue_store,
+    lanes,
+    mma,
+    tile_ids,
+    tile_ranges,
+    widen,
+)
 from .wgrad import _split_count
 
 # ----------------------------------------------------------------------------------------------
@@ -139,13 +147,6 @@ def _interpolate(v00, v01, v10, v11, ly, lx):
 
 
 @triton.jit
-def _zeros(BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, IS_FP64: tl.constexpr):
-    if IS_FP64:
-        return tl.zeros((BLOCK_A, BLOCK_B), dtype=tl.float64)
-    return tl.zeros((BLOCK_A, BLOCK_B), dtype=tl.float32)
-
-
-@triton.jit
 def _column_grad(dz_ptr, dz_rows, rows_ok, w_ptr, w_tap, c, c_ok, c0, c_end, C_G, COUT_G,
                  sdz_c, sw_out, sw_in, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
                  IS_FP64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -159,7 +160,7 @@ def _column_grad(dz_ptr, dz_rows, rows_ok, w_ptr, w_tap, c, c_ok, c0, c_end, C_G
     c_group = c // C_G
     co_lo = (c0 // C_G) * COUT_G
     co_hi = ((tl.minimum(c0 + BLOCK_K, c_end) - 1) // C_G + 1) * COUT_G
-    col_grad = _zeros(BLOCK_M, BLOCK_K, IS_FP64)
+    col_grad = accumulator(BLOCK_M, BLOCK_K, IS_FP64)
     for co0 in range(co_lo, co_hi, BLOCK_N):
         co = co0 + tl.arange(0, BLOCK_N)
         co_ok = co < co_hi
@@ -184,7 +185,7 @@ _FORWARD_KEY = ["BATCH", "C_G", "COUT_G", "C_OG", "IN_H", "IN_W", "OUT_H", "OUT_
 def _prune_forward(configs, args):
     rows = args["BATCH"] * args["OUT_H"] * args["OUT_W"]
     segment = min(args["C_G"], args["C_OG"])
-    return prune_tiles(configs, rows, args["COUT_G"], segment, args["x_ptr"].element_size())
+    return prune_tiles(configs, rows, args["COUT_G"], segment, args["x_ptr"])
 
 
 @autotuned(key=_FORWARD_KEY, prune=_prune_forward)
@@ -202,21 +203,12 @@ def deform_forward_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     # Column tiles of one row tile are neighbours in launch order: they sample the same input.
-    num_pid_n = tl.cdiv(COUT_G, BLOCK_N)
-    pid_m = tl.program_id(0) // num_pid_n
-    pid_n = tl.program_id(0) % num_pid_n
-    group = tl.program_id(1)
-
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
-    if INT64:
-        rm = rm.to(tl.int64)
-        rn = rn.to(tl.int64)
-        rk = rk.to(tl.int64)
-        group = group.to(tl.int64)
+    rows = BATCH * OUT_H * OUT_W
+    pid_m, pid_n = tile_ids(tl.program_id(0), tl.cdiv(rows, BLOCK_M), tl.cdiv(COUT_G, BLOCK_N), 1)
+    group = widen(tl.program_id(1), INT64)
+    rm, rn, rk = tile_ranges(pid_m, pid_n, BLOCK_M, BLOCK_N, BLOCK_K, INT64)
     n, oh, ow = _positions(rm, OUT_H, OUT_W)
-    row_ok = rm < BATCH * OUT_H * OUT_W
+    row_ok = rm < rows
     n_ok = rn < COUT_G
     base_h = oh * STRIDE_H - PAD_H
     base_w = ow * STRIDE_W - PAD_W
@@ -230,7 +222,7 @@ def deform_forward_kernel(
     c_lo = group * C_G
     og_first = c_lo // C_OG
     n_segments = (c_lo + C_G - 1) // C_OG - og_first + 1
-    acc = _zeros(BLOCK_M, BLOCK_N, IS_FP64)
+    acc = accumulator(BLOCK_M, BLOCK_N, IS_FP64)
     for it in range(0, N_TAPS * n_segments):
         tap = it // n_segments
         og = og_first + it % n_segments
@@ -269,10 +261,25 @@ _DATA_KEY = ["BATCH", "C_G", "COUT_G", "C_OG", "IN_H", "IN_W", "OUT_H", "OUT_W",
 
 def _prune_data(configs, args):
     rows = args["BATCH"] * args["OUT_H"] * args["OUT_W"]
-    return prune_tiles(configs, rows, args["COUT_G"], args["C_OG"], args["x_ptr"].element_size())
+    return prune_tiles(configs, rows, args["COUT_G"], args["C_OG"], args["x_ptr"])
 
 
-@autotuned(key=_DATA_KEY, prune=_prune_data, reset_to_zero=["dx_ptr"])
+# Its own tiles: besides the [BLOCK_M, BLOCK_K] gradient tile, every row carries its sampling
+# state (cell, fractions, corner masks and addresses), so the shared tiles' larger shapes
+# spill. (BLOCK_M, BLOCK_N: output channels per dot step, BLOCK_K: input channels, warps,
+# stages); each compiles spill-free on sm_90 and sm_80 in fp16, bf16 and fp32.
+_DATA_GRAD_TILES = (
+    (64, 64, 32, 4, 3),
+    (32, 64, 32, 4, 3),
+    (64, 128, 32, 4, 3),
+    (64, 64, 64, 8, 3),
+    (128, 64, 32, 8, 3),
+    (64, 32, 32, 4, 2),
+)
+
+
+@autotuned(key=_DATA_KEY, prune=_prune_data, configs=tile_configs(_DATA_GRAD_TILES),
+           reset_to_zero=["dx_ptr"])
 @triton.jit
 def deform_data_grad_kernel(
     x_ptr, off_ptr, mask_ptr, w_ptr, dz_ptr, dx_ptr, doff_ptr, dmask_ptr,
@@ -288,16 +295,10 @@ def deform_data_grad_kernel(
 ):
     # BLOCK_M output positions x BLOCK_K input channels per step; BLOCK_N output channels per
     # step of the dz @ W^T reduction.
-    pid_m = tl.program_id(0)
-    og = tl.program_id(1) // N_TAPS
+    og = widen(tl.program_id(1) // N_TAPS, INT64)
     tap = tl.program_id(1) % N_TAPS
-
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rk = tl.arange(0, BLOCK_K)
-    if INT64:
-        rm = rm.to(tl.int64)
-        rk = rk.to(tl.int64)
-        og = og.to(tl.int64)
+    rm = lanes(tl.program_id(0), BLOCK_M, INT64)
+    rk = widen(tl.arange(0, BLOCK_K), INT64)
     n, oh, ow = _positions(rm, OUT_H, OUT_W)
     row_ok = rm < BATCH * OUT_H * OUT_W
     base_h = oh * STRIDE_H - PAD_H
@@ -313,12 +314,24 @@ def deform_data_grad_kernel(
                                        N_TAPS, KW, base_h, base_w, DIL_H, DIL_W, so_c, sm_c,
                                        HAS_MASK, IS_FP64)
     y0, x0, ly, lx = _bilinear_cell(py, px, IN_H, IN_W, INT64)
-    lyc = ly[:, None]
-    lxc = lx[:, None]
+    # Per-row factors of the four corners (top-left, top-right, bottom-left, bottom-right):
+    # bilinear weight, and d(sample)/d(py), d(sample)/d(px) per unit corner value.
+    w00 = (1.0 - ly) * (1.0 - lx)
+    w01 = (1.0 - ly) * lx
+    w10 = ly * (1.0 - lx)
+    w11 = ly * lx
+    top = row_ok & (y0 >= 0) & (y0 < IN_H)
+    bottom = row_ok & (y0 >= -1) & (y0 < IN_H - 1)
+    left = (x0 >= 0) & (x0 < IN_W)
+    right = (x0 >= -1) & (x0 < IN_W - 1)
+    x_corner = x_rows + y0 * sx_h + x0 * sx_w  # the top-left corner, per row
+    dx_corner = dx_rows + y0 * sdx_h + x0 * sdx_w
     grad_y = tl.zeros_like(ly)
     grad_x = tl.zeros_like(ly)
     grad_m = tl.zeros_like(ly)
 
+    # One corner at a time: each needs only its own values, and contributes a per-row dot
+    # product to the offset and mask gradients and its share of dL/dA to dL/dx.
     seg_lo = og * C_OG
     seg_hi = seg_lo + C_OG
     for c0 in range(seg_lo, seg_hi, BLOCK_K):
@@ -327,19 +340,24 @@ def deform_data_grad_kernel(
         col_grad = _column_grad(dz_ptr, dz_rows, row_ok, w_ptr, w_tap, c, c_ok, c0, seg_hi, C_G,
                                 COUT_G, sdz_c, sw_out, sw_in, INPUT_PRECISION, UPCAST, IS_FP64,
                                 BLOCK_M, BLOCK_N, BLOCK_K)
-
-        v00, v01, v10, v11 = _corner_values(x_ptr, x_rows, c * sx_c, row_ok, c_ok, y0, x0,
-                                            IN_H, IN_W, sx_h, sx_w, IS_FP64)
-        if NEED_DOFFSET:
-            d_dy = (1.0 - lxc) * (v10 - v00) + lxc * (v11 - v01)
-            d_dx = (1.0 - lyc) * (v01 - v00) + lyc * (v11 - v10)
-            grad_y += tl.sum(col_grad * d_dy, axis=1)
-            grad_x += tl.sum(col_grad * d_dx, axis=1)
-        if NEED_DMASK:
-            grad_m += tl.sum(col_grad * _interpolate(v00, v01, v10, v11, ly, lx), axis=1)
-        if NEED_DX:
-            _scatter_corners(dx_ptr, dx_rows, c * sdx_c, row_ok, c_ok, y0, x0, ly, lx,
-                             col_grad * modulation[:, None], IN_H, IN_W, sdx_h, sdx_w)
+        x_cols = c * sx_c
+        dx_cols = c * sdx_c
+        grad_y, grad_x, grad_m = _corner_grad(
+            col_grad, x_ptr, x_corner, dx_ptr, dx_corner, x_cols, dx_cols, top & left, c_ok,
+            w00, lx - 1.0, ly - 1.0, modulation, grad_y, grad_x, grad_m, NEED_DX, NEED_DOFFSET,
+            NEED_DMASK, IS_FP64)
+        grad_y, grad_x, grad_m = _corner_grad(
+            col_grad, x_ptr, x_corner + sx_w, dx_ptr, dx_corner + sdx_w, x_cols, dx_cols,
+            top & right, c_ok, w01, -lx, 1.0 - ly, modulation, grad_y, grad_x, grad_m, NEED_DX,
+            NEED_DOFFSET, NEED_DMASK, IS_FP64)
+        grad_y, grad_x, grad_m = _corner_grad(
+            col_grad, x_ptr, x_corner + sx_h, dx_ptr, dx_corner + sdx_h, x_cols, dx_cols,
+            bottom & left, c_ok, w10, 1.0 - lx, -ly, modulation, grad_y, grad_x, grad_m, NEED_DX,
+            NEED_DOFFSET, NEED_DMASK, IS_FP64)
+        grad_y, grad_x, grad_m = _corner_grad(
+            col_grad, x_ptr, x_corner + sx_h + sx_w, dx_ptr, dx_corner + sdx_h + sdx_w, x_cols,
+            dx_cols, bottom & right, c_ok, w11, lx, ly, modulation, grad_y, grad_x, grad_m,
+            NEED_DX, NEED_DOFFSET, NEED_DMASK, IS_FP64)
 
     channel = og * N_TAPS + tap
     if NEED_DOFFSET:
@@ -354,17 +372,30 @@ def deform_data_grad_kernel(
 
 
 @triton.jit
-def _scatter_corners(dx_ptr, rows, cols, rows_ok, cols_ok, y0, x0, ly, lx, grad, IN_H, IN_W,
-                     sdx_h, sdx_w):
-    """dx[corner] += bilinear weight * grad for the four corners inside the image (atomics)."""
-    ok00, ok01, ok10, ok11 = _corner_masks(rows_ok, cols_ok, y0, x0, IN_H, IN_W)
-    base = dx_ptr + (rows + y0 * sdx_h + x0 * sdx_w)[:, None] + cols[None, :]
-    ly = ly[:, None]
-    lx = lx[:, None]
-    tl.atomic_add(base, grad * ((1.0 - ly) * (1.0 - lx)), mask=ok00, sem="relaxed")
-    tl.atomic_add(base + sdx_w, grad * ((1.0 - ly) * lx), mask=ok01, sem="relaxed")
-    tl.atomic_add(base + sdx_h, grad * (ly * (1.0 - lx)), mask=ok10, sem="relaxed")
-    tl.atomic_add(base + sdx_h + sdx_w, grad * (ly * lx), mask=ok11, sem="relaxed")
+def _corner_grad(col_grad, x_ptr, x_rows, dx_ptr, dx_rows, x_cols, dx_cols, rows_ok, cols_ok,
+                 weight, d_py, d_px, modulation, grad_y, grad_x, grad_m, NEED_DX: tl.constexpr,
+                 NEED_DOFFSET: tl.constexpr, NEED_DMASK: tl.constexpr, IS_FP64: tl.constexpr):
+    """One bilinear corner's part of the data gradient, for [rows, channels] of dL/dA.
+
+    With v the corner's values, sample = sum over corners of weight * v, so
+    dL/dmask += sum_c dL/dA * weight * v and dL/dpy += sum_c dL/dA * d_py * v (d_px alike):
+    one per-row dot product <dL/dA, v> serves all three. dL/dx at the corner gains
+    dL/dA * weight * modulation (atomics; corners outside the image are masked off).
+    """
+    ok = rows_ok[:, None] & cols_ok[None, :]
+    if NEED_DOFFSET or NEED_DMASK:
+        v = _compute(tl.load(x_ptr + x_rows[:, None] + x_cols[None, :], mask=ok, other=0.0),
+                     IS_FP64)
+        dot = tl.sum(col_grad * v, axis=1)
+        if NEED_DOFFSET:
+            grad_y += dot * d_py
+            grad_x += dot * d_px
+        if NEED_DMASK:
+            grad_m += dot * weight
+    if NEED_DX:
+        tl.atomic_add(dx_ptr + dx_rows[:, None] + dx_cols[None, :],
+                      col_grad * (weight * modulation)[:, None], mask=ok, sem="relaxed")
+    return grad_y, grad_x, grad_m
 
 
 # ----------------------------------------------------------------------------------------------
@@ -378,7 +409,7 @@ _WGRAD_KEY = ["BATCH", "C_G", "COUT_G", "C_OG", "IN_H", "IN_W", "OUT_H", "OUT_W"
 def _prune_wgrad(configs, args):
     segment = min(args["C_G"], args["C_OG"])
     return prune_tiles(configs, args["COUT_G"], segment, args["K_PER_SPLIT"],
-                       args["x_ptr"].element_size())
+                       args["x_ptr"])
 
 
 @autotuned(key=_WGRAD_KEY, prune=_prune_wgrad)
@@ -396,20 +427,14 @@ def deform_weight_grad_kernel(
     # A [BLOCK_M output channels, BLOCK_N input channels] tile of one tap's weights; the input
     # channels lie in one segment (weight group x offset group), so the reduction over output
     # positions needs one bilinear cell per position.
-    num_pid_n = tl.cdiv(tl.minimum(C_G, C_OG), BLOCK_N)
-    pid_m = tl.program_id(0) // num_pid_n
-    pid_n = tl.program_id(0) % num_pid_n
+    pid_m, pid_n = tile_ids(tl.program_id(0), tl.cdiv(COUT_G, BLOCK_M),
+                            tl.cdiv(tl.minimum(C_G, C_OG), BLOCK_N), 1)
     segment = tl.program_id(1) % MAX_SEGMENTS
     tap = (tl.program_id(1) // MAX_SEGMENTS) % N_TAPS
-    group = tl.program_id(1) // (MAX_SEGMENTS * N_TAPS)
+    group = widen(tl.program_id(1) // (MAX_SEGMENTS * N_TAPS), INT64)
     split = tl.program_id(2)
-
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rk = tl.arange(0, BLOCK_K)
-    if INT64:
-        rm = rm.to(tl.int64)
-        rk = rk.to(tl.int64)
-        group = group.to(tl.int64)
+    rm = lanes(pid_m, BLOCK_M, INT64)
+    rk = widen(tl.arange(0, BLOCK_K), INT64)
     c_lo = group * C_G
     og = c_lo // C_OG + segment
     seg_lo = tl.maximum(og * C_OG, c_lo)
@@ -422,7 +447,7 @@ def deform_weight_grad_kernel(
     k_total = BATCH * OUT_H * OUT_W
     k_lo = split * K_PER_SPLIT
     k_hi = tl.minimum(k_total, k_lo + K_PER_SPLIT)
-    acc = _zeros(BLOCK_M, BLOCK_N, IS_FP64)
+    acc = accumulator(BLOCK_M, BLOCK_N, IS_FP64)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         k = k0 + rk
         k_ok = (k < k_hi) & (seg_lo < seg_hi)
@@ -463,7 +488,7 @@ def _sampling_args(geometry: ConvGeometry) -> tuple[int, ...]:
 
 def _dtype_flags(x: torch.Tensor) -> dict[str, object]:
     return {"INPUT_PRECISION": input_precision(x.dtype),
-            "UPCAST": INTERPRETED and x.dtype != torch.float64,
+            "UPCAST": upcast_operands(x.dtype),
             "IS_FP64": x.dtype == torch.float64}
 
 
@@ -481,7 +506,7 @@ def launch_forward(x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor | N
     res = residual if residual is not None else out
     grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"])
                          * triton.cdiv(geometry.out_per_group, meta["BLOCK_N"]), geometry.groups)
-    deform_forward_kernel[grid](
+    launch(deform_forward_kernel, grid,
         x, offset, mask if mask is not None else offset, weight,
         bias if bias is not None else out, res, out, preact if preact is not None else out,
         *_common_args(geometry, offset_groups), *_sampling_args(geometry),
@@ -509,7 +534,7 @@ def data_grad(dz: torch.Tensor, x: torch.Tensor, offset: torch.Tensor, mask: tor
     dmask = torch.empty_like(mask) if need_mask else None
     rows = geometry.batch * math.prod(geometry.output_size)
     grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), offset_groups * geometry.taps)
-    deform_data_grad_kernel[grid](
+    launch(deform_data_grad_kernel, grid,
         x, offset, mask if mask is not None else offset, weight, dz, dx,
         doffset if doffset is not None else offset, dmask if dmask is not None else offset,
         *_common_args(geometry, offset_groups), *_sampling_args(geometry),
@@ -544,7 +569,7 @@ def weight_grad(dz: torch.Tensor, x: torch.Tensor, offset: torch.Tensor,
     grid = lambda meta: (triton.cdiv(cout_g, meta["BLOCK_M"])
                          * triton.cdiv(segment, meta["BLOCK_N"]),
                          geometry.groups * geometry.taps * max_segments, splits)
-    deform_weight_grad_kernel[grid](
+    launch(deform_weight_grad_kernel, grid,
         x, offset, mask if mask is not None else offset, dz, part,
         *_common_args(geometry, offset_groups), max_segments, per_split,
         *_sampling_args(geometry), *x.stride(), *offset.stride(), *_mask_strides(mask),

@@ -29,8 +29,9 @@ from .autotune import autotuned
 from .backend import INTERPRETED
 from .epilogue import NO_EPILOGUE, Epilogue
 from .igemm import axis_taps, tap_plan
+from .launch import launch
 from .tensors import needs_int64
-from .tl_helpers import epilogue_store, unflatten_position
+from .tl_helpers import accumulator, epilogue_store, lanes, unflatten_position, widen
 from .wgrad import _split_count
 
 Triple = tuple[int, int, int]
@@ -42,7 +43,9 @@ _GPU_TILES: tuple[tuple[int, int, int, int], ...] = (
     (1, 16, 64, 4), (1, 64, 16, 4),
     (8, 32, 4, 4), (4, 64, 4, 4), (16, 32, 2, 4), (8, 64, 2, 8), (1, 128, 4, 4),
 )
-_INTERPRETER_TILES = ((8, 8, 16, 4), (1, 64, 16, 4))
+# One tile under the interpreter: Triton 3.6's autotuner times any list of two or more,
+# which needs a GPU.
+_INTERPRETER_TILES = ((8, 8, 16, 4),)
 
 # (BLOCK_P, BLOCK_C, num_warps) for the weight gradient over flattened positions.
 _GPU_WGRAD_TILES = ((64, 32, 4), (32, 64, 4), (16, 128, 4), (128, 16, 4), (256, 4, 4),
@@ -56,28 +59,38 @@ def _configs(tiles, names) -> list[triton.Config]:
 
 
 def _prune_blocks(configs: list[triton.Config], extents: dict[str, int]) -> list[triton.Config]:
-    """Keep tiles no larger than the problem along each axis, else the least wasteful one.
-
-    Under the interpreter there is one config per shape family and no tuning (one survivor).
-    """
+    """Keep tiles no larger than the problem along each axis, else the least wasteful one."""
     def useful(config: triton.Config) -> float:
         return math.prod(min(1.0, extent / config.kwargs[name])
                          for name, extent in extents.items())
 
     fits = [c for c in configs if all(c.kwargs[name] <= triton.next_power_of_2(max(1, extent))
                                       for name, extent in extents.items())]
-    if fits and not INTERPRETED:
-        return fits
-    return [max(fits or configs, key=useful)]
+    return fits or [max(configs, key=useful)]
+
+
+def _suited(configs: list[triton.Config], rule) -> list[triton.Config]:
+    """The configs `rule` accepts, or all of them if it accepts none."""
+    return [c for c in configs if rule(c.kwargs)] or configs
 
 
 def _prune_forward(configs, args):
-    return _prune_blocks(configs, {"BLOCK_H": args["J_H"], "BLOCK_W": args["J_W"],
+    kept = _prune_blocks(configs, {"BLOCK_H": args["J_H"], "BLOCK_W": args["J_W"],
                                    "BLOCK_C": args["CHANNELS"]})
+    # Tiles long along the contiguous axis: channels for channels_last (vector loads along C),
+    # width otherwise; one-row tiles only for one-row (1-D) problems.
+    if args["sx_c"] == 1:
+        kept = _suited(kept, lambda kw: kw["BLOCK_C"] >= 16)
+    else:
+        kept = _suited(kept, lambda kw: kw["BLOCK_W"] >= 32)
+    return _suited(kept, lambda kw: (kw["BLOCK_H"] == 1) == (args["J_H"] == 1))
 
 
 def _prune_wgrad(configs, args):
-    return _prune_blocks(configs, {"BLOCK_P": args["POSITIONS"], "BLOCK_C": args["CHANNELS"]})
+    kept = _prune_blocks(configs, {"BLOCK_P": args["POSITIONS"], "BLOCK_C": args["CHANNELS"]})
+    if args["sx_c"] == 1:
+        return _suited(kept, lambda kw: kw["BLOCK_C"] >= 16)
+    return _suited(kept, lambda kw: kw["BLOCK_P"] >= 128)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -176,12 +189,10 @@ def depthwise_kernel(
     jd = t % J_D
     n = t // J_D
     p = tl.arange(0, BLOCK_H * BLOCK_W)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    if INT64:  # every offset below then widens to int64
-        n = n.to(tl.int64)
-        jd = jd.to(tl.int64)
-        p = p.to(tl.int64)
-        c = c.to(tl.int64)
+    c = lanes(tl.program_id(1), BLOCK_C, INT64)  # INT64: every offset below widens
+    n = widen(n, INT64)
+    jd = widen(jd, INT64)
+    p = widen(p, INT64)
     jh = tile_h * BLOCK_H + p // BLOCK_W
     jw = tile_w * BLOCK_W + p % BLOCK_W
     r_d = phase // (OUT_MUL_H * OUT_MUL_W)
@@ -200,10 +211,7 @@ def depthwise_kernel(
     n_h = tl.load(tap_count_ptr + RESIDUES + r_h)
     n_w = tl.load(tap_count_ptr + 2 * RESIDUES + r_w)
 
-    if IS_FP64:
-        acc = tl.zeros((BLOCK_H * BLOCK_W, BLOCK_C), dtype=tl.float64)
-    else:
-        acc = tl.zeros((BLOCK_H * BLOCK_W, BLOCK_C), dtype=tl.float32)
+    acc = accumulator(BLOCK_H * BLOCK_W, BLOCK_C, IS_FP64)
     for r in range(0, CH_SUM):
         acc = depthwise_taps(acc, x_ptr, w_ptr, taps_d, n_d, taps_h, n_h, taps_w, n_w,
                              n * sx_n, jd * IN_MUL_D,
@@ -247,7 +255,7 @@ def launch_depthwise(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, *
     grid = lambda meta: (batch * extents[0] * triton.cdiv(extents[1], meta["BLOCK_H"])
                          * triton.cdiv(extents[2], meta["BLOCK_W"]),
                          triton.cdiv(channels, meta["BLOCK_C"]), n_phases)
-    depthwise_kernel[grid](
+    launch(depthwise_kernel, grid,
         x, weight, bias if bias is not None else out, res, out,
         preact if preact is not None else out, taps, counts,
         batch, channels, ch_div, ch_sum, *x.shape[2:], *out_size, *extents, *in_mul, *out_mul,
@@ -280,12 +288,9 @@ def depthwise_wgrad_kernel(
     # The tap varies fastest across programs, so programs running together share dy and x
     # tiles in L2.
     tap = tl.program_id(0)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c = lanes(tl.program_id(1), BLOCK_C, INT64)
     split = tl.program_id(2)
-    rp = tl.arange(0, BLOCK_P)
-    if INT64:
-        c = c.to(tl.int64)
-        rp = rp.to(tl.int64)
+    rp = widen(tl.arange(0, BLOCK_P), INT64)
     c_ok = c < CHANNELS
     off_d = tl.load(taps_ptr + tap * 4)
     off_h = tl.load(taps_ptr + tap * 4 + 1)
@@ -295,10 +300,7 @@ def depthwise_wgrad_kernel(
 
     k_lo = split * K_PER_SPLIT
     k_hi = tl.minimum(POSITIONS, k_lo + K_PER_SPLIT)
-    if IS_FP64:
-        acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float64)
-    else:
-        acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    acc = accumulator(BLOCK_P, BLOCK_C, IS_FP64)
     for k0 in range(k_lo, k_hi, BLOCK_P):
         k = k0 + rp
         k_ok = k < k_hi
@@ -335,7 +337,7 @@ def depthwise_weight_grad(dy: torch.Tensor, x: torch.Tensor, weight_shape: tuple
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     part = torch.empty((splits, channels, n_taps), device=x.device, dtype=acc_dtype)
     grid = lambda meta: (n_taps, triton.cdiv(channels, meta["BLOCK_C"]), splits)
-    depthwise_wgrad_kernel[grid](
+    launch(depthwise_wgrad_kernel, grid,
         dy, x, part, taps, positions, channels, channels // x.shape[1], *x.shape[2:],
         *dy.shape[2:], *stride, n_taps, per_split, *dy.stride(), *x.stride(), *part.stride(),
         INT64=needs_int64(dy, x), IS_FP64=x.dtype == torch.float64,

@@ -6,8 +6,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .backend import INTERPRETED
 from .epilogue import Epilogue
+from .launch import launch, multiprocessor_count
 from .tensors import memory_format_of, needs_int64
 from .tl_helpers import activation_grad
 
@@ -43,11 +43,9 @@ def activation_backward(grad: torch.Tensor, saved: torch.Tensor,
     numel = saved.numel()
     grid = (triton.cdiv(numel, _ELEMENTWISE_BLOCK),)
     # Dense tensors of one format share their element order, so flat indexing pairs them up.
-    _activation_backward_kernel[grid](grad, saved, out, numel, epilogue.alpha,
-                                      ACTIVATION=int(epilogue.activation),
-                                      INT64=needs_int64(saved),
-                                      IS_FP64=saved.dtype == torch.float64,
-                                      BLOCK=_ELEMENTWISE_BLOCK)
+    launch(_activation_backward_kernel, grid, grad, saved, out, numel, epilogue.alpha,
+           ACTIVATION=int(epilogue.activation), INT64=needs_int64(saved),
+           IS_FP64=saved.dtype == torch.float64, BLOCK=_ELEMENTWISE_BLOCK)
     return out
 
 
@@ -83,13 +81,14 @@ def channel_sum(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     view = t.reshape(batch, channels, -1)
     spatial = view.shape[2]
     rows = batch * spatial
-    splits = 1 if INTERPRETED else max(1, min(64, triton.cdiv(rows, 4096)))
+    on_gpu = multiprocessor_count(t.device) is not None
+    splits = max(1, min(64, triton.cdiv(rows, 4096))) if on_gpu else 1
     per_split = triton.cdiv(rows, splits)
     acc_dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
     part = torch.empty((splits, channels), device=t.device, dtype=acc_dtype)
     block_c = min(64, triton.next_power_of_2(channels))
     grid = (triton.cdiv(channels, block_c), splits)
-    _channel_sum_kernel[grid](view, part, channels, spatial, rows, per_split, *view.stride(),
-                              INT64=needs_int64(view), IS_FP64=acc_dtype == torch.float64,
-                              BLOCK_C=block_c, BLOCK_R=64)
+    launch(_channel_sum_kernel, grid, view, part, channels, spatial, rows, per_split,
+           *view.stride(), INT64=needs_int64(view), IS_FP64=acc_dtype == torch.float64,
+           BLOCK_C=block_c, BLOCK_R=64)
     return part.sum(dim=0).to(dtype)

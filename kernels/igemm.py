@@ -31,22 +31,24 @@ import triton
 import triton.language as tl
 
 from .autotune import autotuned, prune_tiles
-from .backend import INTERPRETED
 from .epilogue import NO_EPILOGUE, Epilogue
+from .launch import launch, upcast_operands
 from .tensors import needs_int64
-from .tl_helpers import epilogue_store, mma
+from .tl_helpers import accumulator, epilogue_store, mma, tile_ids, tile_ranges, widen
 
 # Output rows enter the key as a power-of-two bucket (ROWS_BUCKET), so a server seeing batch
 # sizes 5, 6 and 7 tunes once, not three times, and the memory layouts as LAYOUT bits (which
 # operand has unit channel stride); everything else that shapes the best tile enters as is.
 _KEY = ["ROWS_BUCKET", "LAYOUT", "C_G", "COUT_G", "IN_MUL_D", "IN_MUL_H", "IN_MUL_W", "KD", "KH",
         "KW", "N_PHASES", "MAX_TAPS", "TAP_MAJOR", "DIRECT", "ACTIVATION", "HAS_RESIDUAL"]
+# Arguments only the autotuner reads: Triton need not compile a variant per value.
+_KEY_ONLY = ["ROWS_BUCKET", "LAYOUT"]
 
 
 def _prune(configs, args):
     rows = args["BATCH"] * args["J_D"] * args["J_H"] * args["J_W"]
     reduction = args["C_G"] if args["TAP_MAJOR"] else args["C_G"] * args["MAX_TAPS"]
-    return prune_tiles(configs, rows, args["COUT_G"], reduction, args["x_ptr"].element_size())
+    return prune_tiles(configs, rows, args["COUT_G"], reduction, args["x_ptr"])
 
 
 @triton.jit
@@ -72,7 +74,7 @@ def _tap_offsets(t, t_ok, tap_table, DIRECT: tl.constexpr, KH, KW, DIL_D, DIL_H,
 
 
 @autotuned(key=_KEY, prune=_prune)
-@triton.jit
+@triton.jit(do_not_specialize=_KEY_ONLY)
 def igemm_kernel(
     x_ptr, w_ptr, bias_ptr, res_ptr, y_ptr, z_ptr, taps_ptr, tap_count_ptr, phase_ptr,
     BATCH, C_G, COUT_G,
@@ -91,28 +93,12 @@ def igemm_kernel(
     IS_FP64: tl.constexpr, GROUP_M: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    group = tl.program_id(1) // N_PHASES
+    group = widen(tl.program_id(1) // N_PHASES, INT64)
     phase = tl.program_id(1) % N_PHASES
-
-    # Grouped ordering of the (M, N) tiles so neighbouring programs share input rows in L2.
     rows = BATCH * J_D * J_H * J_W
-    num_pid_m = tl.cdiv(rows, BLOCK_M)
-    num_pid_n = tl.cdiv(COUT_G, BLOCK_N)
-    width = GROUP_M * num_pid_n
-    first_m = (pid // width) * GROUP_M
-    group_rows = tl.minimum(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % group_rows
-    pid_n = (pid % width) // group_rows
-
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
-    if INT64:  # every offset below then widens to int64
-        rm = rm.to(tl.int64)
-        rn = rn.to(tl.int64)
-        rk = rk.to(tl.int64)
-        group = group.to(tl.int64)
+    pid_m, pid_n = tile_ids(tl.program_id(0), tl.cdiv(rows, BLOCK_M), tl.cdiv(COUT_G, BLOCK_N),
+                            GROUP_M)
+    rm, rn, rk = tile_ranges(pid_m, pid_n, BLOCK_M, BLOCK_N, BLOCK_K, INT64)
     jw = rm % J_W
     t = rm // J_W
     jh = t % J_H
@@ -137,10 +123,7 @@ def igemm_kernel(
         n_taps = tl.load(tap_count_ptr + phase)
     tap_table = taps_ptr + phase * MAX_TAPS * 4
 
-    if IS_FP64:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64)
-    else:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = accumulator(BLOCK_M, BLOCK_N, IS_FP64)
 
     if TAP_MAJOR:
         c_blocks = tl.cdiv(C_G, BLOCK_K)
@@ -295,7 +278,7 @@ def launch_igemm(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, *, gr
     res = residual if residual is not None else out
     grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]) * triton.cdiv(cout_g, meta["BLOCK_N"]),
                          groups * n_phases)
-    igemm_kernel[grid](
+    launch(igemm_kernel, grid,
         x, weight, bias if bias is not None else out, res, out,
         preact if preact is not None else out, taps, counts, residues,
         batch, c_g, cout_g, *x.shape[2:], *out_size, *extents, *in_mul, *out_mul,
@@ -306,7 +289,7 @@ def launch_igemm(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, *, gr
         ACTIVATION=int(epilogue.activation), HAS_BIAS=bias is not None,
         HAS_RESIDUAL=residual is not None, STORE_PREACT=preact is not None,
         TAP_MAJOR=_tap_major(c_g), DIRECT=not transposed,
-        INPUT_PRECISION=input_precision(x.dtype), UPCAST=INTERPRETED and x.dtype != torch.float64,
+        INPUT_PRECISION=input_precision(x.dtype), UPCAST=upcast_operands(x.dtype),
         INT64=needs_int64(x, out, residual, preact), IS_FP64=x.dtype == torch.float64,
         GROUP_M=8,
     )

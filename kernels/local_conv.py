@@ -26,7 +26,7 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 from .autotune import autotuned, prune_tiles
-from .backend import INTERPRETED, backend_for
+from .backend import backend_for
 from .checks import check_residual, check_same_device_dtype, check_tensor
 from .elementwise import activation_backward, channel_sum
 from .epilogue import (
@@ -39,8 +39,9 @@ from .epilogue import (
 )
 from .geometry import ConvGeometry, PaddingArg, conv_geometry
 from .igemm import input_precision, tap_plan
+from .launch import launch, upcast_operands
 from .tensors import empty_like_layout, needs_int64
-from .tl_helpers import epilogue_store, mma
+from .tl_helpers import accumulator, epilogue_store, mma, tile_ids, tile_ranges, widen
 
 OP = "local_conv2d"
 IntArg = int | tuple[int, int]
@@ -48,11 +49,13 @@ IntArg = int | tuple[int, int]
 # The batch (the GEMM's M extent per pixel) enters as a power-of-two bucket (see autotune.py).
 _KEY = ["BATCH_BUCKET", "RED_G", "COL_G", "IN_H", "IN_W", "OUT_H", "OUT_W", "IN_MUL_H", "IN_MUL_W",
         "MAX_TAPS", "sx_c", "sw_red", "TRANSPOSED", "ACTIVATION", "HAS_RESIDUAL"]
+# Arguments only the autotuner reads: Triton need not compile a variant per value.
+_KEY_ONLY = ["BATCH_BUCKET"]
 
 
 def _prune(configs, args):
     return prune_tiles(configs, args["BATCH"], args["COL_G"], args["RED_G"] * args["MAX_TAPS"],
-                       args["x_ptr"].element_size())
+                       args["x_ptr"])
 
 
 @triton.jit
@@ -65,27 +68,16 @@ def _pixel_tile(ROWS, COLS, OUT_W, INT64: tl.constexpr, BLOCK_M: tl.constexpr,
     """
     num_pid_n = tl.cdiv(COLS, BLOCK_N)
     num_pid_m = tl.cdiv(ROWS, BLOCK_M)
-    pid = tl.program_id(0)
-    group = tl.program_id(1)
-    t = pid // num_pid_n
-    pixel = t // num_pid_m
-    oh = pixel // OUT_W
-    ow = pixel % OUT_W
-    rm = (t % num_pid_m) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = (pid % num_pid_n) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
-    if INT64:  # every offset computed from these then widens to int64
-        rm = rm.to(tl.int64)
-        rn = rn.to(tl.int64)
-        rk = rk.to(tl.int64)
-        group = group.to(tl.int64)
-        oh = oh.to(tl.int64)
-        ow = ow.to(tl.int64)
-    return rm, rn, rk, group, oh, ow
+    tiles = num_pid_m * num_pid_n
+    pixel = tl.program_id(0) // tiles
+    pid_m, pid_n = tile_ids(tl.program_id(0) % tiles, num_pid_m, num_pid_n, 1)
+    rm, rn, rk = tile_ranges(pid_m, pid_n, BLOCK_M, BLOCK_N, BLOCK_K, INT64)
+    pixel = widen(pixel, INT64)
+    return rm, rn, rk, widen(tl.program_id(1), INT64), pixel // OUT_W, pixel % OUT_W
 
 
 @autotuned(key=_KEY, prune=_prune)
-@triton.jit
+@triton.jit(do_not_specialize=_KEY_ONLY)
 def local_conv_kernel(
     x_ptr, w_ptr, bias_ptr, res_ptr, y_ptr, z_ptr, taps_ptr, tap_count_ptr,
     BATCH, RED_G, COL_G, IN_H, IN_W, OUT_H, OUT_W,
@@ -120,10 +112,7 @@ def local_conv_kernel(
         w_cols = (group * COL_G + rn) * sw_col
         w_pixel = oh * sw_ph + ow * sw_pw
 
-    if IS_FP64:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64)
-    else:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = accumulator(BLOCK_M, BLOCK_N, IS_FP64)
     k_total = n_taps * RED_G
     for k0 in range(0, k_total, BLOCK_K):
         k = k0 + rk
@@ -159,7 +148,7 @@ def local_conv_kernel(
 
 def _prune_wgrad(configs, args):
     return prune_tiles(configs, args["COUT_G"], args["N_TAPS"] * args["C_G"], args["BATCH"],
-                       args["x_ptr"].element_size())
+                       args["x_ptr"])
 
 
 @autotuned(key=["BATCH", "C_G", "COUT_G", "IN_H", "IN_W", "OUT_H", "OUT_W", "STRIDE_H",
@@ -192,10 +181,7 @@ def local_wgrad_kernel(
     dy_rows = out_channels * sdy_c + oh * sdy_h + ow * sdy_w
     x_cols = (group * C_G + c) * sx_c + i_h * sx_h + i_w * sx_w
 
-    if IS_FP64:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64)
-    else:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = accumulator(BLOCK_M, BLOCK_N, IS_FP64)
     for k0 in range(0, BATCH, BLOCK_K):
         nb = k0 + rk
         b_ok = nb < BATCH
@@ -239,7 +225,7 @@ def _launch(source: torch.Tensor, weight: torch.Tensor, out: torch.Tensor,
     batch, pixels = out.shape[0], out.shape[2] * out.shape[3]
     grid = lambda meta: (pixels * triton.cdiv(batch, meta["BLOCK_M"])
                          * triton.cdiv(col_g, meta["BLOCK_N"]), groups)
-    local_conv_kernel[grid](
+    launch(local_conv_kernel, grid,
         source, weight, bias if bias is not None else out, res, out,
         preact if preact is not None else out, taps, counts,
         batch, red_g, col_g, *source.shape[2:], *out.shape[2:], *in_mul, *out_mul, max_taps,
@@ -249,7 +235,7 @@ def _launch(source: torch.Tensor, weight: torch.Tensor, out: torch.Tensor,
         TRANSPOSED=transposed, ACTIVATION=int(epilogue.activation), HAS_BIAS=bias is not None,
         HAS_RESIDUAL=residual is not None, STORE_PREACT=preact is not None,
         INPUT_PRECISION=input_precision(source.dtype),
-        UPCAST=INTERPRETED and source.dtype != torch.float64,
+        UPCAST=upcast_operands(source.dtype),
         INT64=needs_int64(source, weight, out, residual, preact),
         IS_FP64=source.dtype == torch.float64,
     )
@@ -265,10 +251,10 @@ def local_weight_grad(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     pixels = dy.shape[2] * dy.shape[3]
     grid = lambda meta: (pixels * triton.cdiv(cout_g, meta["BLOCK_M"])
                          * triton.cdiv(n_taps * c_g, meta["BLOCK_N"]), groups)
-    local_wgrad_kernel[grid](
+    launch(local_wgrad_kernel, grid,
         dy, x, grad, taps, x.shape[0], c_g, cout_g, *x.shape[2:], *dy.shape[2:],
         *geometry.stride, n_taps, *dy.stride(), *x.stride(), *grad.stride()[:4],
-        INPUT_PRECISION=input_precision(x.dtype), UPCAST=INTERPRETED and x.dtype != torch.float64,
+        INPUT_PRECISION=input_precision(x.dtype), UPCAST=upcast_operands(x.dtype),
         INT64=needs_int64(dy, x, grad), IS_FP64=x.dtype == torch.float64,
     )
     return grad

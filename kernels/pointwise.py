@@ -24,12 +24,20 @@ import triton
 import triton.language as tl
 
 from .autotune import autotuned, prune_tiles
-from .backend import INTERPRETED
 from .depthwise import axis_plan, depthwise_taps
 from .epilogue import NO_EPILOGUE, Epilogue
 from .igemm import input_precision
+from .launch import launch, upcast_operands
 from .tensors import needs_int64
-from .tl_helpers import activate, epilogue_store, mma, unflatten_position
+from .tl_helpers import (
+    accumulator,
+    activate,
+    epilogue_store,
+    mma,
+    tile_ids,
+    tile_ranges,
+    unflatten_position,
+)
 
 Triple = tuple[int, int, int]
 
@@ -37,15 +45,17 @@ Triple = tuple[int, int, int]
 _KEY = ["ROWS_BUCKET", "C_IN", "C_OUT", "IN_D", "IN_H", "IN_W", "OUT_D", "OUT_H", "OUT_W",
         "STRIDE_D", "STRIDE_H", "STRIDE_W", "MAX_TAPS", "sx_c", "sy_c", "DEPTHWISE",
         "MID_ACTIVATION", "ACTIVATION", "HAS_RESIDUAL"]
+# Arguments only the autotuner reads: Triton need not compile a variant per value.
+_KEY_ONLY = ["ROWS_BUCKET"]
 
 
 def _prune(configs, args):
     return prune_tiles(configs, args["ROWS"], args["C_OUT"], args["C_IN"],
-                       args["x_ptr"].element_size())
+                       args["x_ptr"])
 
 
 @autotuned(key=_KEY, prune=_prune)
-@triton.jit
+@triton.jit(do_not_specialize=_KEY_ONLY)
 def pointwise_kernel(
     x_ptr, w_ptr, bias_ptr, res_ptr, y_ptr, z_ptr, dw_ptr, dw_bias_ptr, taps_ptr, tap_count_ptr,
     ROWS, C_IN, C_OUT, IN_D, IN_H, IN_W, OUT_D, OUT_H, OUT_W, STRIDE_D, STRIDE_H, STRIDE_W,
@@ -60,16 +70,8 @@ def pointwise_kernel(
     INT64: tl.constexpr, IS_FP64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    num_pid_n = tl.cdiv(C_OUT, BLOCK_N)
-    pid_m = tl.program_id(0) // num_pid_n
-    pid_n = tl.program_id(0) % num_pid_n
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
-    if INT64:
-        rm = rm.to(tl.int64)
-        rn = rn.to(tl.int64)
-        rk = rk.to(tl.int64)
+    pid_m, pid_n = tile_ids(tl.program_id(0), tl.cdiv(ROWS, BLOCK_M), tl.cdiv(C_OUT, BLOCK_N), 1)
+    rm, rn, rk = tile_ranges(pid_m, pid_n, BLOCK_M, BLOCK_N, BLOCK_K, INT64)
     n, od, oh, ow = unflatten_position(rm, OUT_D, OUT_H, OUT_W)
     row_ok = rm < ROWS
     n_ok = rn < C_OUT
@@ -84,15 +86,12 @@ def pointwise_kernel(
         n_h = tl.load(tap_count_ptr + 1)
         n_w = tl.load(tap_count_ptr + 2)
 
-    if IS_FP64:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64)
-    else:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = accumulator(BLOCK_M, BLOCK_N, IS_FP64)
     for k0 in range(0, C_IN, BLOCK_K):
         c = k0 + rk
         c_ok = c < C_IN
         if DEPTHWISE:
-            mid = tl.zeros((BLOCK_M, BLOCK_K), dtype=acc.dtype)
+            mid = accumulator(BLOCK_M, BLOCK_K, IS_FP64)
             mid = depthwise_taps(mid, x_ptr, dw_ptr, taps_ptr, n_d, taps_ptr + MAX_TAPS * 2,
                                  n_h, taps_ptr + MAX_TAPS * 4, n_w, x_rows, base_d, base_h,
                                  base_w, row_ok, c * sx_c, c * sdw_c, c_ok, IN_D, IN_H, IN_W,
@@ -154,7 +153,7 @@ def launch_pointwise(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, *
     res = residual if residual is not None else out
     rows = batch * out_size[0] * out_size[1] * out_size[2]
     grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]) * triton.cdiv(c_out, meta["BLOCK_N"]),)
-    pointwise_kernel[grid](
+    launch(pointwise_kernel, grid,
         x, weight, bias if bias is not None else out, res, out,
         preact if preact is not None else out, dw, dw_bias if dw_bias is not None else out, taps,
         counts, rows, c_in, c_out, *x.shape[2:], *out_size, *stride, max_taps,
@@ -165,6 +164,6 @@ def launch_pointwise(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, *
         HAS_BIAS=bias is not None, HAS_DW_BIAS=dw_bias is not None,
         HAS_RESIDUAL=residual is not None, STORE_PREACT=preact is not None,
         DEPTHWISE=depthwise is not None, INPUT_PRECISION=input_precision(x.dtype),
-        UPCAST=INTERPRETED and x.dtype != torch.float64,
+        UPCAST=upcast_operands(x.dtype),
         INT64=needs_int64(x, out, residual, preact), IS_FP64=x.dtype == torch.float64,
     )

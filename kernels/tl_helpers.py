@@ -66,6 +66,53 @@ def activation_grad(g, v, ACTIVATION: tl.constexpr, alpha):
 
 
 @triton.jit
+def tile_ids(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
+    """(pid_m, pid_n) of program `pid`: column tiles fastest within bands of GROUP_M row tiles.
+
+    Neighbouring programs then share A row blocks (GROUP_M = 1: every column tile of one row
+    tile in turn) and, with GROUP_M > 1, B column blocks too, so both stay in L2.
+    """
+    width = GROUP_M * num_pid_n
+    first_m = (pid // width) * GROUP_M
+    band_rows = tl.minimum(num_pid_m - first_m, GROUP_M)
+    return first_m + (pid % width) % band_rows, (pid % width) // band_rows
+
+
+@triton.jit
+def tile_ranges(pid_m, pid_n, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                BLOCK_K: tl.constexpr, INT64: tl.constexpr):
+    """Row, column and reduction lanes of tile (pid_m, pid_n).
+
+    With INT64 they are int64, so every offset computed from them is too (tensors past 2**31
+    elements).
+    """
+    return (lanes(pid_m, BLOCK_M, INT64), lanes(pid_n, BLOCK_N, INT64),
+            widen(tl.arange(0, BLOCK_K), INT64))
+
+
+@triton.jit
+def lanes(block, BLOCK: tl.constexpr, INT64: tl.constexpr):
+    """block * BLOCK + arange(BLOCK): one tile's indices along one axis (int64 when INT64)."""
+    return widen(block, INT64) * BLOCK + tl.arange(0, BLOCK)
+
+
+@triton.jit
+def widen(index, INT64: tl.constexpr):
+    """`index` as int64 when INT64 (a program id or an index tensor), unchanged otherwise."""
+    if INT64:
+        index = index.to(tl.int64)
+    return index
+
+
+@triton.jit
+def accumulator(ROWS: tl.constexpr, COLS: tl.constexpr, IS_FP64: tl.constexpr):
+    """A zero [ROWS, COLS] accumulator: fp64 for float64 inputs, fp32 for every other dtype."""
+    if IS_FP64:
+        return tl.zeros((ROWS, COLS), dtype=tl.float64)
+    return tl.zeros((ROWS, COLS), dtype=tl.float32)
+
+
+@triton.jit
 def unflatten_position(index, OUT_D, OUT_H, OUT_W):
     """(n, d, h, w) of a flat index over (batch, D, H, W), row-major as the output's rows."""
     w = index % OUT_W

@@ -11,15 +11,20 @@ packed copy to be cached per weight tensor and version, so each weight is packed
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections import OrderedDict
 
 import torch
 
-_CACHE_SIZE = 64
+# Enough for every convolution of a few large networks at once (ResNet-50 alone has 53, and a
+# model served on two GPUs holds a copy per device).
+_CACHE_SIZE = 512
 # key -> (weak reference to the source weight, packed copy). The weak reference guards against
-# a new tensor reusing a freed weight's address and version number.
+# a new tensor reusing a freed weight's address and version number. Model instances run in
+# several threads: the lock keeps each lookup and insertion whole.
 _packed: OrderedDict[tuple, tuple[weakref.ref, torch.Tensor]] = OrderedDict()
+_lock = threading.Lock()
 
 
 def gemm_weight(weight: torch.Tensor, groups: int, out_dim: int, *, cache: bool) -> torch.Tensor:
@@ -39,14 +44,16 @@ def gemm_weight(weight: torch.Tensor, groups: int, out_dim: int, *, cache: bool)
         return view
     key = (weight.data_ptr(), weight._version, tuple(weight.shape), weight.stride(),
            weight.dtype, weight.device, groups, out_dim)
-    if cache and key in _packed:
-        source, packed = _packed[key]
-        if source() is weight:
-            _packed.move_to_end(key)
-            return packed
+    if cache:
+        with _lock:
+            source, packed = _packed.get(key, (None, None))
+            if source is not None and source() is weight:
+                _packed.move_to_end(key)
+                return packed
     packed = view.permute(0, 3, 4, 5, 2, 1).contiguous().permute(0, 5, 4, 1, 2, 3)
     if cache:
-        _packed[key] = (weakref.ref(weight), packed)
-        if len(_packed) > _CACHE_SIZE:
-            _packed.popitem(last=False)
+        with _lock:
+            _packed[key] = (weakref.ref(weight), packed)
+            if len(_packed) > _CACHE_SIZE:
+                _packed.popitem(last=False)
     return packed

@@ -19,22 +19,24 @@ import triton
 import triton.language as tl
 
 from .autotune import autotuned, prune_tiles
-from .backend import INTERPRETED
 from .igemm import input_precision, layout_bits, tap_plan
+from .launch import launch, multiprocessor_count, upcast_operands
 from .tensors import needs_int64
-from .tl_helpers import mma
+from .tl_helpers import accumulator, mma, tile_ids, tile_ranges, widen
 
 # The reduction length enters the key as a power-of-two bucket, as in igemm.
 _KEY = ["C_G", "COUT_G", "STRIDE_D", "STRIDE_H", "STRIDE_W", "N_TAPS", "SPLIT_BUCKET", "LAYOUT"]
+# Arguments only the autotuner reads: Triton need not compile a variant per value.
+_KEY_ONLY = ["SPLIT_BUCKET", "LAYOUT"]
 
 
 def _prune(configs, args):
     return prune_tiles(configs, args["COUT_G"], args["C_G"], args["K_PER_SPLIT"],
-                       args["x_ptr"].element_size())
+                       args["x_ptr"])
 
 
 @autotuned(key=_KEY, prune=_prune)
-@triton.jit
+@triton.jit(do_not_specialize=_KEY_ONLY)
 def wgrad_kernel(
     dy_ptr, x_ptr, part_ptr, taps_ptr,
     BATCH, C_G, COUT_G, IN_D, IN_H, IN_W, OUT_D, OUT_H, OUT_W,
@@ -46,21 +48,11 @@ def wgrad_kernel(
     IS_FP64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    num_pid_n = tl.cdiv(C_G, BLOCK_N)
-    pid_m = tl.program_id(0) // num_pid_n
-    pid_n = tl.program_id(0) % num_pid_n
-    group = tl.program_id(1) // N_TAPS
+    pid_m, pid_n = tile_ids(tl.program_id(0), tl.cdiv(COUT_G, BLOCK_M), tl.cdiv(C_G, BLOCK_N), 1)
+    group = widen(tl.program_id(1) // N_TAPS, INT64)
     tap = tl.program_id(1) % N_TAPS
     split = tl.program_id(2)
-
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
-    if INT64:
-        rm = rm.to(tl.int64)
-        rn = rn.to(tl.int64)
-        rk = rk.to(tl.int64)
-        group = group.to(tl.int64)
+    rm, rn, rk = tile_ranges(pid_m, pid_n, BLOCK_M, BLOCK_N, BLOCK_K, INT64)
     m_ok = rm < COUT_G
     n_ok = rn < C_G
     off_d = tl.load(taps_ptr + tap * 4)
@@ -72,10 +64,7 @@ def wgrad_kernel(
     k_total = BATCH * OUT_D * OUT_H * OUT_W
     k_lo = split * K_PER_SPLIT
     k_hi = tl.minimum(k_total, k_lo + K_PER_SPLIT)
-    if IS_FP64:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64)
-    else:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = accumulator(BLOCK_M, BLOCK_N, IS_FP64)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         k = k0 + rk
         k_ok = k < k_hi
@@ -104,9 +93,9 @@ def wgrad_kernel(
 
 def _split_count(device: torch.device, programs: int, positions: int) -> int:
     """Enough splits of the reduction to give the GPU a few waves of programs."""
-    if INTERPRETED or device.type != "cuda":
+    sms = multiprocessor_count(device)
+    if sms is None:
         return 1
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
     wanted = triton.cdiv(4 * sms, max(1, programs))
     return max(1, min(wanted, triton.cdiv(positions, 512)))
 
@@ -133,11 +122,11 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, weight_shape: tuple[int, ...]
     part = torch.empty((splits, groups, cout_g, c_g, n_taps), device=x.device, dtype=acc_dtype)
     grid = lambda meta: (triton.cdiv(cout_g, meta["BLOCK_M"]) * triton.cdiv(c_g, meta["BLOCK_N"]),
                          groups * n_taps, splits)
-    wgrad_kernel[grid](
+    launch(wgrad_kernel, grid,
         dy, x, part, taps, batch, c_g, cout_g, *x.shape[2:], *dy.shape[2:], *stride, n_taps,
         per_split, triton.next_power_of_2(per_split), layout_bits(dy.stride(1), x.stride(1)),
         *dy.stride(), *x.stride(), *part.stride(),
-        INPUT_PRECISION=input_precision(x.dtype), UPCAST=INTERPRETED and x.dtype != torch.float64,
+        INPUT_PRECISION=input_precision(x.dtype), UPCAST=upcast_operands(x.dtype),
         INT64=needs_int64(dy, x), IS_FP64=x.dtype == torch.float64,
     )
     grad = part[0] if splits == 1 else part.sum(dim=0)

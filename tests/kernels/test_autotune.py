@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import torch
 
+import foveal.kernels.autotune as autotune
 import foveal.kernels.igemm as igemm
 import foveal.kernels.wgrad as wgrad
 from foveal.kernels.autotune import prune_tiles, tile_configs
+
+A100_SHARED_MEMORY = 166912  # bytes per block (opt-in)
 
 
 def _blocks(configs):
@@ -19,19 +22,31 @@ def test_interpreter_uses_one_config_and_gpu_several():
     assert len(tile_configs(interpreted=False)) > 4
 
 
+def _operand(dtype: torch.dtype) -> torch.Tensor:
+    return torch.empty(1, dtype=dtype, device="meta")
+
+
 def test_prune_drops_tiles_larger_than_the_problem():
-    kept = _blocks(prune_tiles(tile_configs(False), m=100_000, n=24, k=9 * 3, element_size=2))
+    kept = _blocks(prune_tiles(tile_configs(interpreted=False), m=100_000, n=24, k=9 * 3,
+                               operand=_operand(torch.float16)))
     assert kept and all(n <= 32 and k <= 32 for _, n, k in kept)
 
 
 def test_prune_keeps_one_config_for_tiny_problems():
-    assert len(prune_tiles(tile_configs(False), m=1, n=1, k=1, element_size=4)) >= 1
+    configs = prune_tiles(tile_configs(interpreted=False), m=1, n=1, k=1,
+                          operand=_operand(torch.float32))
+    assert len(configs) >= 1
 
 
-def test_prune_respects_shared_memory_for_fp32():
-    for c in prune_tiles(tile_configs(False), 10**6, 4096, 4096, element_size=4):
+def test_prune_respects_the_devices_shared_memory(monkeypatch):
+    monkeypatch.setattr(autotune, "shared_memory_per_block", lambda device: A100_SHARED_MEMORY)
+    everything = tile_configs(interpreted=False)
+    kept = prune_tiles(everything, 10**6, 4096, 4096, operand=_operand(torch.float32))
+    assert kept and len(kept) < len(everything)  # 128x128x64 in 3 fp32 stages needs 192 KiB
+    for c in kept:
         kw = c.kwargs
-        assert (kw["BLOCK_M"] + kw["BLOCK_N"]) * kw["BLOCK_K"] * 4 * c.num_stages <= 200 * 1024
+        assert (kw["BLOCK_M"] + kw["BLOCK_N"]) * kw["BLOCK_K"] * 4 * c.num_stages <= (
+            A100_SHARED_MEMORY)
 
 
 def _igemm_args(**overrides):
@@ -43,13 +58,23 @@ def _igemm_args(**overrides):
 
 def test_igemm_pruner_reads_constexpr_keyword_arguments():
     # TAP_MAJOR arrives as a keyword argument at launch; the merged dict must carry it.
-    wide = _blocks(igemm._prune(tile_configs(False), _igemm_args(TAP_MAJOR=False, C_G=3)))
-    narrow = _blocks(igemm._prune(tile_configs(False), _igemm_args(TAP_MAJOR=True, C_G=3)))
+    configs = tile_configs(interpreted=False)
+    wide = _blocks(igemm._prune(configs, _igemm_args(TAP_MAJOR=False, C_G=3)))
+    narrow = _blocks(igemm._prune(configs, _igemm_args(TAP_MAJOR=True, C_G=3)))
     assert max(k for *_, k in narrow) == 16 and max(k for *_, k in wide) >= 32
 
 
 def test_wgrad_pruner():
     args = dict(COUT_G=4, C_G=4, K_PER_SPLIT=10_000,
                 x_ptr=torch.empty(1, dtype=torch.bfloat16, device="meta"))
-    kept = _blocks(wgrad._prune(tile_configs(False), args))
+    kept = _blocks(wgrad._prune(tile_configs(interpreted=False), args))
     assert kept and all(m <= 16 and n <= 16 for m, n, _ in kept)
+
+
+def test_prune_drops_tiles_too_narrow_for_a_large_problem():
+    kept = _blocks(prune_tiles(tile_configs(interpreted=False), m=100_000, n=256, k=576,
+                               operand=_operand(torch.float16)))
+    assert kept and all(m >= 64 and n >= 32 for m, n, _ in kept)
+    narrow = _blocks(prune_tiles(tile_configs(interpreted=False), m=100_000, n=8, k=72,
+                                 operand=_operand(torch.float16)))
+    assert narrow and all(n == 16 for _, n, _ in narrow)

@@ -81,13 +81,14 @@ def float64_leaves(tensors: dict[str, torch.Tensor | None]) -> dict[str, torch.T
 def reductions(case: Case) -> dict[str, int]:
     """Products summed per element of each result (sets the rounding tolerance).
 
-    The input gradient sums up to four corners of every tap of every output position nearby.
+    The input gradient sums up to four corners of every tap of every output position nearby;
+    the offset and mask gradients sum, per channel pair, the four corners of one sample.
     """
     c_g, cout_g = case.channels // case.groups, case.out_channels // case.groups
     c_og = case.channels // case.offset_groups
     oh, ow = case.output_size
-    return {"output": c_g * case.taps, "input": 4 * case.taps * cout_g, "offset": c_og * cout_g,
-            "mask": c_og * cout_g, "weight": case.batch * oh * ow, "bias": case.batch * oh * ow}
+    return {"output": c_g * case.taps, "input": 4 * case.taps * cout_g, "offset": 4 * c_og * cout_g,
+            "mask": 4 * c_og * cout_g, "weight": case.batch * oh * ow, "bias": case.batch * oh * ow}
 
 
 # Typical magnitude of one product in each sum: offset gradients multiply by differences of
