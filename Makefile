@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TEST_WORKERS ?= auto
 PYTEST_ARGS ?=
 
-.PHONY: serve proto test lint gpu-check selfcheck clean
+.PHONY: serve proto test lint compile-gate compile-check gpu-check selfcheck clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,27 @@ selfcheck: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 
+# Triton's real compiler on this CPU: the kernels of a few real layers (workloads tagged
+# compile-gate) for sm_90 and sm_80 must compile, fit shared memory, use tensor cores in
+# fp16/bf16 and never spill (`foveal compilecheck --help`).
+compile-gate: $(VENV)/.installed
+	$(BIN)/foveal compilecheck --quick
+
+# Every benchmark workload's kernels for sm_90 and sm_80, kept under bench/results/compile/.
+# TRITON=3.6.0 checks with that Triton (the lent GPU machines'), installed beside the
+# virtual environment's own in .triton-3.6.0/ and put first on the path.
+TRITON ?=
+COMPILE_CHECK_ARGS ?=
+TRITON_OVERLAY := $(if $(TRITON),$(CURDIR)/.triton-$(TRITON))
+compile-check: $(VENV)/.installed
+ifneq ($(TRITON),)
+	test -d $(TRITON_OVERLAY)/triton || \
+		$(BIN)/python -m pip install --no-deps --target $(TRITON_OVERLAY) triton==$(TRITON)
+endif
+	PYTHONPATH=$(TRITON_OVERLAY) $(BIN)/foveal compilecheck --save $(COMPILE_CHECK_ARGS)
+
 # Kernels run in Triton's interpreter on the CPU: correctness only, never speed.
-test: lint
+test: lint compile-gate
 	TRITON_INTERPRET=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # On a lent GPU machine (torch and triton preinstalled, no network): GPU tests and benchmarks.
@@ -39,4 +58,4 @@ gpu-check:
 	bash bench/gpu_check.sh
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .triton-* *.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -1,7 +1,8 @@
-"""Regenerate the results section of bench/README.md from the JSON files in bench/results/.
+"""Regenerate the generated sections of bench/README.md: measured results from the JSON files
+in bench/results/, and kept compile-check results from bench/results/compile/.
 
-    python -m foveal.bench.results_page          # rewrite the section
-    python -m foveal.bench.results_page --check  # exit 1 if the section is out of date
+    python -m foveal.bench.results_page          # rewrite the sections
+    python -m foveal.bench.results_page --check  # exit 1 if a section is out of date
 
 The page shows, per device and run label, the latest measured run: no number on it is typed
 by hand. Result files whose timings are not meaningful (CPU interpreter runs) are left out.
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import compile_page
 from .report import load_json
 from .table import columns, notes, render_markdown
 
@@ -83,25 +85,36 @@ def render_section(results_dir: Path = RESULTS_DIR) -> str:
     return "\n\n".join(parts)
 
 
-def replace_section(text: str, section: str) -> str:
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"the page has no generated section: add the lines\n{BEGIN}\n{END}")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{section}\n{END}{tail}"
+def replace_section(text: str, section: str, begin: str = BEGIN, end: str = END) -> str:
+    if begin not in text or end not in text:
+        raise ValueError(f"the page has no generated section: add the lines\n{begin}\n{end}")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{section}\n{end}{tail}"
+
+
+def render_page(text: str, results_dir: Path = RESULTS_DIR,
+                compile_dir: Path = compile_page.RESULTS_DIR) -> str:
+    """The page with its results section (required) and compile section (where it has one)."""
+    text = replace_section(text, render_section(results_dir))
+    if compile_page.BEGIN in text:
+        text = replace_section(text, compile_page.render_section(compile_dir),
+                               compile_page.BEGIN, compile_page.END)
+    return text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m foveal.bench.results_page",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--compile-results-dir", type=Path, default=compile_page.RESULTS_DIR)
     parser.add_argument("--readme", type=Path, default=README)
     parser.add_argument("--check", action="store_true",
                         help="do not write; exit 1 if the page is out of date")
     args = parser.parse_args(argv)
     try:
         text = args.readme.read_text()
-        updated = replace_section(text, render_section(args.results_dir))
+        updated = render_page(text, args.results_dir, args.compile_results_dir)
     except (OSError, ValueError, KeyError) as err:
         print(f"results_page: {err}", file=sys.stderr)
         return 2

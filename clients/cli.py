@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "foveal.service.cmd_serve",
     "foveal.clients.cmd_bench",
     "foveal.clients.cmd_profile",
+    "foveal.clients.cmd_compilecheck",
 )
 
 

@@ -30,6 +30,10 @@ def register(subparsers) -> None:
                    help="memory layout (default: the workload's, else contiguous)")
     p.add_argument("--backward", action="store_true", help="profile forward and backward")
     p.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda if present)")
+    p.add_argument("--arch", choices=("sm_90", "sm_80"),
+                   help="no GPU needed: compile each launch's candidate configs for this "
+                        "architecture with Triton's real compiler and show their registers, "
+                        "spills, shared memory and occupancy (no timings)")
     p.add_argument("--json", metavar="OUT", help="also write the report as JSON")
     p.add_argument("--ncu", action="store_true",
                    help="print the Nsight Compute command that profiles this call's kernels")
@@ -76,6 +80,8 @@ def _workload(args: argparse.Namespace, on_gpu: bool):
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.arch:
+        return _run_offline(args)
     from foveal.bench.device import select_device
 
     try:
@@ -112,3 +118,37 @@ def run(args: argparse.Namespace) -> int:
         if device.type != "cuda":
             print("  (needs a CUDA GPU and Nsight Compute; this machine has no GPU)")
     return 0
+
+
+def _run_offline(args: argparse.Namespace) -> int:
+    """--arch: the launches a GPU of that architecture would make, compiled here."""
+    from foveal.clients.cmd_compilecheck import use_real_compiler
+
+    if args.device or args.ncu:
+        raise _fail("--arch compiles without a device: drop --device and --ncu")
+    use_real_compiler()
+    from foveal.bench import compile_report, compilecheck
+    from foveal.bench.ops import ADAPTERS
+    from foveal.bench.workloads import WorkloadError
+
+    try:
+        workload = _workload(args, on_gpu=True)
+        if workload.op not in ADAPTERS:
+            raise _fail(f"unknown op {workload.op!r}; known: {sorted(ADAPTERS)}")
+        ADAPTERS[workload.op].check(workload)
+    except WorkloadError as err:
+        raise _fail(str(err)) from None
+    mode = "training" if args.backward else "inference"
+    result = compilecheck.run_check([workload], dtypes=workload.dtypes[:1], archs=[args.arch],
+                                    modes=[mode])
+    print(compile_report.format_launches(result))
+    if args.json:
+        import json
+        from pathlib import Path
+
+        settings = {"workloads": [workload.name], "dtypes": workload.dtypes[:1],
+                    "modes": [mode], "quick": False}
+        document = compile_report.document(result, args.arch, settings)
+        Path(args.json).write_text(json.dumps(document, indent=1) + "\n")
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 1 if compile_report.violations(result) else 0

@@ -102,3 +102,30 @@ def test_committed_page_matches_committed_results():
     """bench/README.md is exactly what bench/results/*.json generate: nothing typed by hand."""
     assert results_page.main(["--check"]) == 0
 
+
+
+def test_page_shows_kept_compile_results(tmp_path):
+    from foveal.bench import compile_page
+
+    compile_dir = tmp_path / "compile"
+    compile_dir.mkdir()
+    summary = {"kernel": "igemm_kernel", "arch": "sm_90", "dtype": "float16", "compiled": 7,
+               "failed": 0, "spill_free": 7, "max_registers": 168, "worst_stack_bytes": 0,
+               "max_shared_bytes": 98304, "tensor_cores": "wgmma", "widest_load_bytes": "16",
+               "min_blocks_per_sm": 1, "compile_seconds": 12.5}
+    document = {"arch": {"name": "sm_90", "gpu": "H100/H200"},
+                "environment": {"triton": "3.8.0", "torch": "2.14.1",
+                                "date": "2026-12-01T00:00:00+00:00", "git_commit": "abc"},
+                "settings": {"workloads": ["a", "b"], "dtypes": ["float16"],
+                             "modes": ["inference"]},
+                "summary": {"jobs": 7, "compile_errors": 0, "spilling": 0, "violations": 0},
+                "kernels": [summary]}
+    (compile_dir / "triton-3.8.0_sm_90.json").write_text(json.dumps(document))
+    readme = tmp_path / "README.md"
+    readme.write_text(PAGE + f"\n{compile_page.BEGIN}\nold\n{compile_page.END}\n")
+    assert results_page.main(["--results-dir", str(tmp_path / "none"), "--compile-results-dir",
+                               str(compile_dir), "--readme", str(readme)]) == 0
+    section = readme.read_text().split(compile_page.BEGIN)[1].split(compile_page.END)[0]
+    assert "### Triton 3.8.0, sm_90 (H100/H200)" in section and "old" not in section
+    assert "| igemm_kernel | sm_90 | float16 | 7 | 7 | 168 | 0 | 96 | wgmma | 16 | 1 | 12 |" \
+        in section

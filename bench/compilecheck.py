@@ -1,0 +1,225 @@
+"""`foveal compilecheck`: every kernel launch of the benchmark workloads, compiled for real GPUs
+on a machine without one, with what the machine code uses and the rules it must keep.
+
+For each workload, dtype and target architecture, the op runs on meta tensors inside
+`foveal.kernels.launch.planning`: the launchers make the same host-side decisions as on that GPU
+(kernel choice, tap tables, split-K counts, constexprs) and record their launches instead of
+running them. Each launch is specialised by Triton's own binder for every config its autotuner
+keeps after pruning (`offline_compiler.specialize`), the distinct specializations are compiled in
+parallel processes (`offline_compiler.compile_job`), and the rules below are checked:
+
+- it compiles;
+- its shared memory fits one block of the architecture;
+- a tl.dot kernel running fp16/bf16 uses tensor-core instructions (wgmma or mma);
+- no config the autotuner can pick spills registers.
+
+Three modes per case: inference (no autograd: the service's path), training (forward with
+autograd, then the backward), and training under `torch.use_deterministic_algorithms`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import hashlib
+import json
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import offline_compiler as oc
+from .workloads import Workload
+
+MODES = ("inference", "training", "deterministic")
+# The quick subset's modes: training launches the forward kernels too (with the same
+# specializations as inference for every gate workload's activation).
+QUICK_MODES = ("training", "deterministic")
+DEFAULT_DTYPES = ("float16", "bfloat16", "float32")
+TENSOR_CORE_DTYPES = ("float16", "bfloat16")
+GATE_TAG = "compile-gate"  # workloads.toml tag of the quick subset `make test` checks
+CACHE_ENV = "FOVEAL_COMPILE_CACHE"
+
+
+@dataclass(frozen=True)
+class Case:
+    workload: Workload
+    dtype: str
+    mode: str
+    arch: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.workload.name} {self.dtype} {self.mode} {self.arch}"
+
+
+@dataclass
+class Job:
+    """One distinct kernel specialization: what it is, who used it, and what it compiled to."""
+
+    spec: oc.CompileJob
+    kernel: str
+    config: dict[str, Any]  # the autotuner's config ({} for a plain kernel)
+    constexprs: dict[str, Any]  # the launcher's own constexprs (activation, layout flags...)
+    dtypes: set[str] = field(default_factory=set)  # the dtypes of the cases that launch it
+    result: oc.Compiled = field(default_factory=oc.Compiled)
+
+
+@dataclass
+class CompileRun:
+    """Everything one check compiled: distinct jobs, and for each case the jobs it launches
+    (one list per kernel launch: the candidates the autotuner can pick from)."""
+
+    archs: list[str]
+    triton: str
+    jobs: list[Job] = field(default_factory=list)
+    cases: list[tuple[Case, list[list[int]]]] = field(default_factory=list)
+    planning_errors: list[tuple[Case, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@contextlib.contextmanager
+def _deterministic(enabled: bool) -> Iterator[None]:
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(enabled)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def plan_case(case: Case) -> list[Any]:
+    """The LaunchPlans the op makes for this case on its architecture, from meta tensors."""
+    from foveal.kernels.launch import PlanningTarget, planning
+
+    from .harness import as_leaves
+    from .ops import ADAPTERS
+
+    arch = oc.ARCHS[case.arch]
+    adapter = ADAPTERS[case.workload.op]
+    target = PlanningTarget(arch.gpu, arch.capability, arch.multiprocessors,
+                            arch.shared_per_block)
+    with planning(target) as plans:
+        inputs = adapter.make_inputs(case.workload, getattr(torch, case.dtype),
+                                     torch.device("meta"))
+        if case.mode == "inference":
+            with torch.no_grad():
+                adapter.foveal(case.workload, inputs)
+        else:
+            with _deterministic(case.mode == "deterministic"):
+                leaves = as_leaves(inputs)
+                out = adapter.foveal(case.workload, leaves)
+                wanted = [v for v in leaves.values() if v.requires_grad]
+                torch.autograd.grad(out, wanted, torch.empty_like(out))
+    return plans
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+    """A triton.Config (or None for a plain kernel) as plain data."""
+    if config is None:
+        return {}
+    return {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
+
+
+def cases_for(workloads: Sequence[Workload], dtypes: Sequence[str], archs: Sequence[str],
+              modes: Sequence[str] = MODES) -> list[Case]:
+    return [Case(w, dtype, mode, arch) for arch in archs for w in workloads for dtype in dtypes
+            for mode in modes]
+
+
+def _plan_all(cases: Sequence[Case], run: CompileRun,
+              progress: Callable[[str], None]) -> None:
+    """Plan and specialise every case; fills run.jobs (distinct) and run.cases."""
+    index: dict[oc.CompileJob, int] = {}
+    for case in cases:
+        try:
+            plans = plan_case(case)
+        except Exception as err:  # a case that cannot plan is a finding
+            run.planning_errors.append((case, f"{type(err).__name__}: {err}"))
+            progress(f"planning failed: {case.label}: {err}")
+            continue
+        launches = []
+        for plan in plans:
+            candidates = []
+            for config, spec in oc.specialize(plan.kernel, plan.args, plan.constexprs,
+                                              oc.ARCHS[case.arch]):
+                if spec not in index:
+                    index[spec] = len(run.jobs)
+                    run.jobs.append(Job(spec, plan.name, config_dict(config),
+                                        dict(plan.constexprs)))
+                run.jobs[index[spec]].dtypes.add(case.dtype)
+                candidates.append(index[spec])
+            launches.append(candidates)
+        run.cases.append((case, launches))
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "foveal" / "compilecheck")
+
+
+def _cache_key(job: oc.CompileJob, triton_version: str) -> str:
+    """Triton's version, the arch, the kernel's source hash (callees included) and the
+    specialization: a kernel edit or another Triton never reuses a stale result."""
+    import importlib
+
+    fn = oc.jit_function(getattr(importlib.import_module(job.module), job.name))
+    text = "\n".join((triton_version, job.arch, fn.cache_key, job.specialization))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _compile_all(run: CompileRun, workers: int, use_cache: bool,
+                 progress: Callable[[str], None]) -> None:
+    """Fill each job's result: cached where valid, the rest compiled in `workers` processes."""
+    keys = [_cache_key(job.spec, run.triton) for job in run.jobs]
+    cache = _cache_dir()
+    todo = []
+    for i, key in enumerate(keys):
+        path = cache / f"{key}.json"
+        if use_cache and path.is_file():
+            run.jobs[i].result = oc.Compiled(**json.loads(path.read_text()))
+        else:
+            todo.append(i)
+    progress(f"{len(run.jobs)} distinct kernels: {len(run.jobs) - len(todo)} cached, "
+             f"{len(todo)} to compile with {workers} process(es)")
+    if not todo:
+        return
+    cache.mkdir(parents=True, exist_ok=True)
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch
+    done = 0
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = {pool.submit(oc.compile_job, run.jobs[i].spec): i for i in todo}
+        for future in concurrent.futures.as_completed(futures):
+            i = futures[future]
+            result = future.result()
+            run.jobs[i].result = result
+            if result.error is None:
+                (cache / f"{keys[i]}.json").write_text(json.dumps(result.to_json()))
+            done += 1
+            if done % 50 == 0 or done == len(todo):
+                progress(f"compiled {done}/{len(todo)}")
+
+
+def run_check(workloads: Sequence[Workload], *, dtypes: Sequence[str] = DEFAULT_DTYPES,
+              archs: Sequence[str] = tuple(oc.ARCHS), modes: Sequence[str] = MODES,
+              workers: int | None = None, use_cache: bool = True,
+              progress: Callable[[str], None] = lambda _: None) -> CompileRun:
+    """Plan, specialise and compile every case of `workloads`."""
+    import triton
+
+    for arch in archs:
+        if arch not in oc.ARCHS:
+            raise ValueError(f"arch must be one of {sorted(oc.ARCHS)}, got {arch!r}")
+    start = time.perf_counter()
+    run = CompileRun(archs=list(archs), triton=triton.__version__)
+    cases = cases_for(workloads, dtypes, archs, modes)
+    progress(f"planning {len(cases)} cases ({len(workloads)} workloads x {len(dtypes)} dtypes "
+             f"x {len(modes)} modes x {len(archs)} archs)")
+    _plan_all(cases, run, progress)
+    _compile_all(run, workers or os.cpu_count() or 1, use_cache, progress)
+    run.seconds = time.perf_counter() - start
+    return run

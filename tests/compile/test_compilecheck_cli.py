@@ -1,0 +1,44 @@
+"""`foveal compilecheck` end to end on one small workload, in a process with the real compiler."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from test_compile_rules import real_compiler_env
+
+
+def run_cli(*args: str, tmp_path) -> subprocess.CompletedProcess:
+    env = {**real_compiler_env(), "FOVEAL_COMPILE_CACHE": str(tmp_path / "cache"),
+           "TRITON_INTERPRET": "1"}  # the command must drop it itself
+    return subprocess.run([sys.executable, "-m", "foveal.clients.cli", "compilecheck", *args],
+                          env=env, capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_compiles_a_workload_and_writes_json(tmp_path):
+    out = tmp_path / "check.json"
+    done = run_cli("--workloads", "smoke.conv2d.bottleneck", "--dtypes", "float16",
+                   "--arch", "sm_80", "--modes", "inference", "--json", str(out),
+                   tmp_path=tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "pointwise_kernel" in done.stdout or "igemm_kernel" in done.stdout
+    (document,) = json.loads(out.read_text())["runs"]
+    assert document["arch"]["name"] == "sm_80" and document["summary"]["violations"] == 0
+    jobs = document["jobs"]
+    assert jobs and all(j["error"] is None and j["registers"] > 0 for j in jobs)
+    assert all(j["tensor_cores"] == "mma" for j in jobs if j["dot"])
+    (case,) = document["cases"]
+    assert case["workload"] == "smoke.conv2d.bottleneck" and case["mode"] == "inference"
+    assert all(0 <= i < len(jobs) for launch in case["launches"] for i in launch)
+    # A second run finds every kernel in the cache.
+    again = run_cli("--workloads", "smoke.conv2d.bottleneck", "--dtypes", "float16", "--arch",
+                    "sm_80", "--modes", "inference", tmp_path=tmp_path)
+    assert again.returncode == 0 and f"{len(jobs)} cached, 0 to compile" in again.stderr
+
+
+def test_unknown_workload_and_arch_are_named(tmp_path):
+    done = run_cli("--workloads", "no.such.layer", tmp_path=tmp_path)
+    assert done.returncode != 0 and "no.such.layer" in done.stderr
+    done = run_cli("--workloads", "smoke.conv1d", "--arch", "sm_75", tmp_path=tmp_path)
+    assert done.returncode != 0 and "sm_75" in done.stderr
