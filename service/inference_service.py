@@ -57,6 +57,18 @@ def _input_datatype(model: ServedModel) -> str:
     return codec.BY_NAME[model.input_spec.dtypes[0]].triton
 
 
+def _instance_groups(served: Served) -> list[mc.ModelInstanceGroup]:
+    """One group per device, as Triton's instance_group reports them."""
+    groups = []
+    for i, (device, count) in enumerate(served.devices):
+        gpu = device.type == "cuda"
+        groups.append(mc.ModelInstanceGroup(
+            name=f"{served.model.name}_{i}", count=count,
+            kind=mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU,
+            gpus=[device.index or 0] if gpu else []))
+    return groups
+
+
 def _check_version(name: str, version: str) -> None:
     if version not in ("", VERSION):
         raise not_found(f"model {name!r} has no version {version!r}; it has version {VERSION}")
@@ -115,7 +127,7 @@ class InferenceServicer:
             image_format = (mc.ModelInput.FORMAT_NONE if model.input_spec.kind == VIDEO
                             else mc.ModelInput.FORMAT_NHWC)
             parameters = {"kind": model.kind, "compute_backend": self.state.backend,
-                          "device": str(model.device), "weights": model.weights,
+                          "device": served.device_names, "weights": model.weights,
                           "precision": codec.BY_TORCH[model.dtype].name,
                           "default_outputs": ",".join(model.default_outputs)}
             config = mc.ModelConfig(
@@ -126,6 +138,7 @@ class InferenceServicer:
                                      format=image_format, dims=_input_dims(model))],
                 output=[mc.ModelOutput(name=name, data_type=mc.TYPE_FP32,
                                        dims=_output_dims(model, name)) for name in model.outputs],
+                instance_group=_instance_groups(served),
                 dynamic_batching=mc.ModelDynamicBatching(
                     max_queue_delay_microseconds=int(policy.max_queue_delay_ms * 1000),
                     default_queue_policy=mc.ModelQueuePolicy(
