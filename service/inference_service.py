@@ -3,7 +3,8 @@
 An image model has one input, `images`, of shape (N, H, W, C); a video model one input,
 `clips`, of shape (N, T, H, W, C); UINT8 or FP32 either way. Outputs are the model's outputs
 by name, (N, C, H', W') or (N, C, T', H', W'), FP32 unless the request parameter
-`output_datatype` asks for "FP16" or "BF16". Every model has the single version "1".
+`output_datatype` asks for "FP16" or "BF16"; a request naming no outputs gets all of them, as
+the KServe v2 specification says. Every model has the single version "1".
 """
 
 from __future__ import annotations
@@ -235,7 +236,9 @@ class InferenceServicer:
         model = served.model
         items = self._input_items(model, request)
         served.batcher.check_request_size(len(items))
-        outputs = self.state.outputs(model, [o.name for o in request.outputs])
+        # KServe v2: a request that names no outputs gets every output of the model
+        outputs = self.state.outputs(model, [o.name for o in request.outputs] or
+                                     list(model.outputs))
         wire = self._output_wire(request)
         prepare = prepare_clip if model.input_spec.kind == VIDEO else prepare_image
         name = input_name(model)

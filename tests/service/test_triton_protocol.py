@@ -60,12 +60,17 @@ def test_infer_with_raw_contents_and_as_numpy(client):
     assert after.inference_count == before + 3 and after.execution_count >= 1
 
 
-def test_infer_float32_input_default_outputs_and_fp16(client):
+def test_infer_float32_input_every_output_and_fp16(client):
+    """KServe v2: a request that names no outputs gets all of the model's outputs."""
     pixels = np.random.default_rng(1).random((1, 32, 32, 3), dtype=np.float32)
     tensor = triton.InferInput("images", [1, 32, 32, 3], "FP32")
     tensor.set_data_from_numpy(pixels)
     full = client.infer("gabor-small", [tensor])
-    assert [o.name for o in full.get_response().outputs] == ["simple"]
+    assert [o.name for o in full.get_response().outputs] == ["simple", "energy"]
+    z = gabor_responses(pixels)  # in float64, independent of the server
+    np.testing.assert_allclose(full.as_numpy("simple"), np.maximum(z, 0), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(full.as_numpy("energy"), np.hypot(z[:, 0::2], z[:, 1::2]),
+                               atol=1e-4, rtol=1e-4)
     half = client.infer("gabor-small", [tensor], parameters={"output_datatype": "FP16"})
     assert half.as_numpy("simple").dtype == np.float16
     np.testing.assert_allclose(half.as_numpy("simple").astype(np.float32),
