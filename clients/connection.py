@@ -1,4 +1,4 @@
-"""How a client reaches the server: address, TLS, token, limits, compression, retries.
+"""How a client reaches the servers: addresses, TLS, token, limits, compression, retries.
 
 Shared by FoveaClient (sync) and AsyncFoveaClient (asyncio): everything but the I/O.
 """
@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+
+from .replicas import ROUND_ROBIN, parse_targets
 
 MIB = 1024 * 1024
 COMPRESSIONS = {None: grpc.Compression.NoCompression, "gzip": grpc.Compression.Gzip,
@@ -71,7 +74,7 @@ def _pem(value: bytes | str | Path | None, what: str) -> bytes | None:
 class Connection:
     """Validated connection settings, and the grpc objects made from them."""
 
-    address: str
+    targets: tuple[str, ...]          # one channel each (parse_targets)
     timeout: float | None = 60.0
     retry: RetryPolicy = RetryPolicy()
     tls: bool = False
@@ -84,15 +87,14 @@ class Connection:
     chunk_bytes: int = 1 * MIB
 
     @classmethod
-    def make(cls, address: str, *, timeout: float | None = 60.0,
+    def make(cls, address: str | Sequence[str], *, timeout: float | None = 60.0,
              retry: RetryPolicy | None = None, tls: bool = False,
              root_certificates: bytes | str | Path | None = None,
              certificate_chain: bytes | str | Path | None = None,
              private_key: bytes | str | Path | None = None, token: str | None = None,
              max_message_bytes: int = 64 * MIB, compression: str | None = None,
              chunk_bytes: int | None = None) -> Connection:
-        if not isinstance(address, str) or not address.strip():
-            raise ValueError(f"address must be 'host:port', got {address!r}")
+        targets = parse_targets(address)
         if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
             raise ValueError(f"timeout must be a positive number of seconds or None, "
                              f"got {timeout!r}")
@@ -119,15 +121,21 @@ class Connection:
                              "and private_key")
         if token is not None and (not isinstance(token, str) or not token):
             raise ValueError("token must be a non-empty string or None")
-        return cls(address.strip(), timeout, retry or RetryPolicy(), tls,
+        return cls(targets, timeout, retry or RetryPolicy(), tls,
                    _pem(root_certificates, "root certificates"),
                    _pem(certificate_chain, "certificate chain"),
                    _pem(private_key, "private key"), token, max_message_bytes, compression,
                    chunk_bytes)
 
-    def options(self) -> list[tuple[str, int]]:
+    @property
+    def address(self) -> str:
+        """The targets as people read them."""
+        return ", ".join(self.targets)
+
+    def options(self) -> list[tuple[str, int | str]]:
         return [("grpc.max_send_message_length", self.max_message_bytes),
-                ("grpc.max_receive_message_length", self.max_message_bytes)]
+                ("grpc.max_receive_message_length", self.max_message_bytes),
+                ("grpc.service_config", ROUND_ROBIN)]
 
     def credentials(self) -> grpc.ChannelCredentials | None:
         if not self.tls:
@@ -135,6 +143,18 @@ class Connection:
         return grpc.ssl_channel_credentials(root_certificates=self.root_certificates,
                                             private_key=self.private_key,
                                             certificate_chain=self.certificate_chain)
+
+    def channel(self, target: str) -> grpc.Channel:
+        credentials = self.credentials()
+        if credentials is None:
+            return grpc.insecure_channel(target, self.options())
+        return grpc.secure_channel(target, credentials, self.options())
+
+    def aio_channel(self, target: str) -> grpc.aio.Channel:
+        credentials = self.credentials()
+        if credentials is None:
+            return grpc.aio.insecure_channel(target, self.options())
+        return grpc.aio.secure_channel(target, credentials, self.options())
 
     def grpc_compression(self) -> grpc.Compression:
         return COMPRESSIONS[self.compression]

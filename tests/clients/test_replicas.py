@@ -1,0 +1,170 @@
+"""Several replicas behind one client: addresses, round-robin spreading, and failover (a replica
+that dies mid-load loses no request and answers none twice)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+import numpy as np
+import pytest
+
+from clients_helpers import load_output, raw_clip_features, raw_features, start_server
+from foveal.clients import AsyncFoveaClient, FoveaClient, RetryPolicy
+from foveal.clients.cli import main
+from foveal.clients.replicas import parse_targets
+from foveal.proto import rpc
+from foveal.proto.inference import grpc_service_pb2 as inference_pb
+
+FAST_RETRY = RetryPolicy(attempts=10, initial_backoff=0.05, max_backoff=0.5)
+
+
+@pytest.mark.parametrize("address,targets", [
+    ("127.0.0.1:8001", ("127.0.0.1:8001",)),
+    (" a:1, b:2 ", ("a:1", "b:2")),
+    (["a:1", "b:2,c:3"], ("a:1", "b:2", "c:3")),
+    ("ipv4:127.0.0.1:8001,127.0.0.1:8003", ("ipv4:127.0.0.1:8001,127.0.0.1:8003",)),
+    ("dns:///features.internal:8001", ("dns:///features.internal:8001",)),
+    (("unix:/run/foveal.sock",), ("unix:/run/foveal.sock",)),
+])
+def test_an_address_names_one_target_or_several(address, targets):
+    assert parse_targets(address) == targets
+
+
+@pytest.mark.parametrize("address,message", [
+    ("", "address must be 'host:port', a gRPC target or a list of them, got ''"),
+    ([], "got []"),
+    (42, "got 42"),
+    (["a:1", 7], "got 7"),
+    ("a:1,,b:2", "address 'a:1,,b:2': '' is not a 'host:port' address"),
+    ("a :1", "'a :1' is not a 'host:port' address"),
+    (["a:1", "b:2", "a:1"], "address names ['a:1'] more than once"),
+])
+def test_bad_addresses_are_named(address, message):
+    with pytest.raises(ValueError) as caught:
+        FoveaClient(address)
+    assert message in str(caught.value)
+
+
+@pytest.fixture(scope="module")
+def pair(models_file):
+    servers = [start_server(models_file) for _ in range(2)]
+    yield servers
+    for server in servers:
+        server.stop(grace=0.5)
+
+
+def _counts(address: str) -> dict[str, int]:
+    """Items each model of the server at `address` has computed (its ModelStatistics)."""
+    with grpc.insecure_channel(address) as channel:
+        stats = rpc.InferenceServiceStub(channel).ModelStatistics(
+            inference_pb.ModelStatisticsRequest(), timeout=10)
+    return {s.name: s.inference_count for s in stats.model_stats}
+
+
+def _images(count: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(count)]
+
+
+def _clips(count: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (8, 24, 24, 3), dtype=np.uint8) for _ in range(count)]
+
+
+@pytest.mark.parametrize("form", ["list", "commas", "ipv4 target"])
+def test_calls_spread_over_every_replica(pair, form):
+    a, b = (s.address for s in pair)
+    address = {"list": [a, b], "commas": f"{a},{b}",
+               "ipv4 target": f"ipv4:{a},{b}"}[form]
+    images = _images(12)
+    before = [_counts(s.address)["gabor"] for s in pair]
+    with FoveaClient(address) as client:
+        results = [client.extract_image(image, "gabor")["simple"] for image in images]
+    served = [_counts(s.address)["gabor"] - n for s, n in zip(pair, before, strict=True)]
+    assert sum(served) == 12 and min(served) >= 3, served  # round-robin, not pick-first
+    with grpc.insecure_channel(a) as channel:
+        for image, got in zip(images, results, strict=True):
+            np.testing.assert_array_equal(got, raw_features(channel, "gabor", image))
+
+
+def test_the_async_client_spreads_and_streams_over_replicas(pair):
+    images, clips = _images(8, seed=1), _clips(6, seed=2)
+    before = [_counts(s.address) for s in pair]
+
+    async def run():
+        async with AsyncFoveaClient([s.address for s in pair]) as client:
+            features = await asyncio.gather(*(client.extract_image(i, "gabor") for i in images))
+            streamed = [f async for _, f in client.stream_clips(clips, "motion")]
+            return features, streamed
+
+    features, streamed = asyncio.run(run())
+    served = [_counts(s.address)["gabor"] - n["gabor"] for s, n in zip(pair, before,
+                                                                      strict=True)]
+    assert sum(served) == 8 and min(served) >= 2, served
+    with grpc.insecure_channel(pair[0].address) as channel:
+        for image, got in zip(images, features, strict=True):
+            np.testing.assert_array_equal(got["simple"], raw_features(channel, "gabor", image))
+        for got, reference in zip(streamed, raw_clip_features(channel, "motion", clips),
+                                  strict=True):
+            np.testing.assert_array_equal(got["energy"], reference)
+
+
+def test_an_async_stream_resumes_on_the_other_replica(models_file, caplog):
+    """The replica carrying a clip stream stops after three clips; the stream goes on, from
+    its first unanswered clip, on the other one."""
+    servers = [start_server(models_file, grace_seconds=0.0) for _ in range(2)]
+    clips = _clips(10, seed=3)
+    with grpc.insecure_channel(servers[0].address) as channel:
+        expected = raw_clip_features(channel, "motion", clips)
+    before = [_counts(s.address)["motion"] for s in servers]
+
+    async def run():
+        results, stopped = [], None
+        async with AsyncFoveaClient([s.address for s in servers], retry=FAST_RETRY,
+                                    clips_in_flight=2) as client:
+            async for clip, features in client.stream_clips(iter(clips), "motion"):
+                results.append((clip, features["energy"]))
+                if len(results) == 3:
+                    carrying = [_counts(s.address)["motion"] > n
+                                for s, n in zip(servers, before, strict=True)]
+                    stopped = servers[carrying.index(True)]
+                    await asyncio.to_thread(stopped.stop, 0.0)
+                await asyncio.sleep(0.02)
+        return results, stopped
+
+    try:
+        with caplog.at_level(logging.INFO, logger="foveal.clients"):
+            results, stopped = asyncio.run(run())
+    finally:
+        for server in servers:
+            server.stop()
+    assert [clip is original for (clip, _), original in zip(results, clips, strict=True)] \
+        == [True] * 10
+    for (_, got), reference in zip(results, expected, strict=True):
+        np.testing.assert_array_equal(got, reference)
+    resumed = [r.getMessage() for r in caplog.records if "ExtractClips on" in r.getMessage()]
+    assert resumed and stopped.address in resumed[0]
+    assert "UNAVAILABLE" in resumed[0] and "on another replica" in resumed[0]
+
+
+def test_extract_cli_spreads_over_the_servers_it_is_given(pair, tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    images = _images(6, seed=4)
+    for i, pixels in enumerate(images):
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+    before = [_counts(s.address)["gabor"] for s in pair]
+    code = main(["extract", str(folder), "--model", "gabor", "--server", pair[0].address,
+                 "--server", pair[1].address, "--out", str(tmp_path / "out"), "--jobs", "2"])
+    assert code == 0, capsys.readouterr().err
+    served = [_counts(s.address)["gabor"] - n for s, n in zip(pair, before, strict=True)]
+    assert sum(served) == 6 and min(served) >= 1, served
+    outputs = sorted((tmp_path / "out").glob("*-*"))
+    assert len(outputs) == 6
+    with grpc.insecure_channel(pair[1].address) as channel:
+        expected = {raw_features(channel, "gabor", p).tobytes() for p in images}
+    assert {load_output(o)["simple"].tobytes() for o in outputs} == expected
