@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
 import pytest
 
 from clients_helpers import load_output, raw_clip_features, raw_features, start_server
+from foveal.bench.serve_load import spawn_servers
 from foveal.clients import AsyncFoveaClient, FoveaClient, RetryPolicy
 from foveal.clients.cli import main
 from foveal.clients.replicas import parse_targets
@@ -168,3 +172,67 @@ def test_extract_cli_spreads_over_the_servers_it_is_given(pair, tmp_path, capsys
     with grpc.insecure_channel(pair[1].address) as channel:
         expected = {raw_features(channel, "gabor", p).tobytes() for p in images}
     assert {load_output(o)["simple"].tobytes() for o in outputs} == expected
+
+
+def test_three_servers_one_killed_midway_lose_nothing(models_file, caplog):
+    """Three `foveal serve` processes; a client given all three sends 240 images and six clip
+    streams of 20 clips; one server is SIGKILLed midway. Every request is answered exactly
+    once and correctly, and both survivors served calls after the kill."""
+    images = _images(240, seed=5)
+    streams = [_clips(20, seed=10 + j) for j in range(6)]
+    with spawn_servers(3, str(models_file), "torch") as servers, \
+            FoveaClient([s.address for s in servers], retry=FAST_RETRY,
+                        requests_in_flight=8) as client:
+        victim, survivors = servers[1], [servers[0], servers[2]]
+        with grpc.insecure_channel(servers[0].address) as channel:  # hand-built references
+            expected_images = [raw_features(channel, "gabor", image) for image in images]
+            expected_clips = [raw_clip_features(channel, "motion", s) for s in streams]
+        answered: list[int] = []
+        after_kill: dict[str, dict[str, int]] = {}
+
+        def image(i: int) -> np.ndarray:
+            features = client.extract_image(images[i], "gabor")["simple"]
+            answered.append(i)
+            return features
+
+        def stream(j: int) -> list:
+            def paced():  # clip k once 10k images are answered: streams span the kill
+                for k, clip in enumerate(streams[j]):
+                    while len(answered) < 10 * k:
+                        time.sleep(0.005)
+                    yield clip
+            return list(client.stream_clips(paced(), "motion"))
+
+        def kill_midway() -> None:
+            deadline = time.monotonic() + 60
+            while len(answered) < 80 or _counts(victim.address)["motion"] < 2:
+                assert time.monotonic() < deadline, "the victim never carried a clip stream"
+                time.sleep(0.01)
+            victim.process.kill()  # SIGKILL: no drain, connections reset
+            victim.process.wait()
+            after_kill.update({s.address: _counts(s.address) for s in survivors})
+
+        killer = threading.Thread(target=kill_midway)
+        with caplog.at_level(logging.INFO, logger="foveal.clients"), \
+                ThreadPoolExecutor(10) as pool:
+            stream_jobs = [pool.submit(stream, j) for j in range(len(streams))]
+            killer.start()
+            image_results = list(pool.map(image, range(len(images))))
+            clip_results = [job.result() for job in stream_jobs]
+            killer.join()
+        finals = {s.address: _counts(s.address) for s in survivors}
+
+    assert victim.process.returncode == -9 and len(answered) == len(images)
+    for got, reference in zip(image_results, expected_images, strict=True):
+        np.testing.assert_array_equal(got, reference)
+    for results, clips, references in zip(clip_results, streams, expected_clips, strict=True):
+        assert len(results) == len(clips)  # each clip answered once, in order
+        for (clip, features), original, reference in zip(results, clips, references,
+                                                         strict=True):
+            assert clip is original
+            np.testing.assert_array_equal(features["energy"], reference)
+    for address, counts in finals.items():  # both survivors kept serving after the kill
+        assert counts["gabor"] > after_kill[address]["gabor"], address
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(f"ExtractClips on {victim.address} failed with UNAVAILABLE" in m
+               for m in messages), messages
