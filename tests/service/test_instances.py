@@ -25,7 +25,7 @@ from service_helpers import gabor_responses, raw_image, running, to_numpy
 
 TWO_ON_CPU = """
 [[models]]
-name = "gabor"
+name = "twin"
 kind = "gabor"
 instances = 2
 devices = ["cpu"]
@@ -129,13 +129,13 @@ def test_two_cpu_instances_under_load_use_both_answer_right_and_stop_cleanly(tmp
     expected = np.maximum(gabor_responses(images), 0)
     server = running(models_file=str(models))
     with server as s, grpc.insecure_channel(s.address) as channel:
-        batcher = s.server.state.served["gabor"].batcher
+        batcher = s.server.state.served["twin"].batcher
         assert len(batcher.instances) == 2
         assert batcher.instances[0].model is batcher.instances[1].model  # loaded once on cpu
         stub = rpc.FeatureServiceStub(channel)
 
         def extract(i: int) -> np.ndarray:
-            request = pb.ExtractImageRequest(model="gabor", images=[raw_image(images[i])])
+            request = pb.ExtractImageRequest(model="twin", images=[raw_image(images[i])])
             return to_numpy(stub.ExtractImage(request, timeout=60).images[0].features[0].tensor)
 
         with ThreadPoolExecutor(12) as pool:
@@ -143,26 +143,26 @@ def test_two_cpu_instances_under_load_use_both_answer_right_and_stop_cleanly(tmp
         for got, reference in zip(answers, expected, strict=True):
             np.testing.assert_allclose(got, reference, atol=1e-4, rtol=1e-4)
 
-        executions = _executions(_metrics(s), "gabor")
+        executions = _executions(_metrics(s), "twin")
         assert set(executions) == {"0", "1"} and min(executions.values()) >= 1
         text = _metrics(s)
         for instance in ("0", "1"):
-            assert f'foveal_compute_seconds_count{{instance="{instance}",model="gabor"}}' in text
-            assert (f'foveal_instance_info{{device="cpu",instance="{instance}",model="gabor"}} '
+            assert f'foveal_compute_seconds_count{{instance="{instance}",model="twin"}}' in text
+            assert (f'foveal_instance_info{{device="cpu",instance="{instance}",model="twin"}} '
                     "1.0") in text
         items = sum(float(v) for v in re.findall(
-            r'foveal_batch_size_sum{instance="\d",model="gabor"} (\S+)', text))
+            r'foveal_batch_size_sum{instance="\d",model="twin"} (\S+)', text))
         assert items == len(images)
 
         with triton.InferenceServerClient(s.address) as client:
-            config = client.get_model_config("gabor").config
-            stats = client.get_inference_statistics("gabor").model_stats[0]
+            config = client.get_model_config("twin").config
+            stats = client.get_inference_statistics("twin").model_stats[0]
         assert [(g.name, g.kind, g.count, list(g.gpus)) for g in config.instance_group] == [
-            ("gabor_0", config.instance_group[0].KIND_CPU, 2, [])]
+            ("twin_0", config.instance_group[0].KIND_CPU, 2, [])]
         assert config.parameters["device"].string_value == "cpu"
         assert stats.inference_count == len(images)
         assert stats.execution_count == sum(executions.values())
-    assert not [t.name for t in threading.enumerate() if t.name.startswith("foveal-gabor")]
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("foveal-twin-")]
 
 
 def test_weights_load_once_per_device_and_devices_do_not_mix(tmp_path):
@@ -175,7 +175,7 @@ def test_weights_load_once_per_device_and_devices_do_not_mix(tmp_path):
     mixed = TWO_ON_CPU.replace('devices = ["cpu"]', 'devices = ["cpu", "cuda:0"]')
     models.write_text(mixed)
     (config,) = load_repository(models)
-    with pytest.raises(ValueError, match=r"model 'gabor': its devices mix \['cpu', 'cuda'\]"):
+    with pytest.raises(ValueError, match=r"model 'twin': its devices mix \['cpu', 'cuda'\]"):
         load_instances(config, ServerSettings(), "torch")
 
 
