@@ -20,14 +20,20 @@ COMPRESSIONS = {None: grpc.Compression.NoCompression, "gzip": grpc.Compression.G
                 "deflate": grpc.Compression.Deflate}
 # Room for a message's fields around its payload (headers, shapes, names).
 MESSAGE_OVERHEAD = 64 * 1024
+# What a call that never ran on a working server fails with (see RetryPolicy).
+RETRIED_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff for calls that fail with UNAVAILABLE (and only those).
+    """Exponential backoff for calls that fail with UNAVAILABLE (and only those, and CANCELLED
+    ones the client did not cancel).
 
     UNAVAILABLE means the call did not reach a working server (not up yet, restarting, shutting
-    down): trying again later is safe, and the requests are pure functions of their input.
+    down): trying again later is safe, and the requests are pure functions of their input. A
+    server that starts shutting down as a call arrives can also drop it as CANCELLED before any
+    handler sees it (gRPC's own race); the clients never retry a call they cancelled themselves,
+    so a CANCELLED they are told of is the server's and is retried the same way.
     The n-th retry waits initial_backoff * multiplier**(n-1), at most max_backoff, with +-jitter.
     """
 
@@ -50,7 +56,7 @@ class RetryPolicy:
             raise ValueError(f"jitter must be in [0, 1), got {self.jitter!r}")
 
     def should_retry(self, code: grpc.StatusCode, attempt: int) -> bool:
-        return code == grpc.StatusCode.UNAVAILABLE and attempt < self.attempts
+        return code in RETRIED_CODES and attempt < self.attempts
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number `attempt` (from 1)."""

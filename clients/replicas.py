@@ -64,7 +64,8 @@ class Replicas:
         self.stubs = [rpc.FeatureServiceStub(channel) for channel in self.channels]
         self._turn = itertools.count()
 
-    def _ready(self) -> list[int]:
+    def ready(self) -> list[int]:
+        """The channels connected to a working server now."""
         raise NotImplementedError
 
     def pick(self, avoid: int | None = None) -> int:
@@ -72,7 +73,7 @@ class Replicas:
         other than `avoid` (the one a retried call just failed on) where possible."""
         if len(self.channels) == 1:
             return 0
-        ready = [i for i in self._ready() if i != avoid]
+        ready = [i for i in self.ready() if i != avoid]
         candidates = ready or [i for i in range(len(self.channels)) if i != avoid]
         return candidates[next(self._turn) % len(candidates)]
 
@@ -84,13 +85,12 @@ class SyncReplicas(Replicas):
         super().__init__(targets, connect)
         self._states: list[grpc.ChannelConnectivity | None] = [None] * len(targets)
         self._watchers = []
-        if len(targets) > 1:
-            for i, channel in enumerate(self.channels):
-                watcher = functools.partial(self._states.__setitem__, i)
-                channel.subscribe(watcher, try_to_connect=True)
-                self._watchers.append((channel, watcher))
+        for i, channel in enumerate(self.channels):
+            watcher = functools.partial(self._states.__setitem__, i)
+            channel.subscribe(watcher, try_to_connect=True)
+            self._watchers.append((channel, watcher))
 
-    def _ready(self) -> list[int]:
+    def ready(self) -> list[int]:
         return [i for i, s in enumerate(self._states) if s is grpc.ChannelConnectivity.READY]
 
     def close(self) -> None:
@@ -103,7 +103,7 @@ class SyncReplicas(Replicas):
 class AsyncReplicas(Replicas):
     """grpc.aio.Channel: asked for its state at each pick (which reconnects an idle one)."""
 
-    def _ready(self) -> list[int]:
+    def ready(self) -> list[int]:
         return [i for i, channel in enumerate(self.channels)
                 if channel.get_state(try_to_connect=True) is grpc.ChannelConnectivity.READY]
 
