@@ -143,4 +143,5 @@ def test_stream_infer_answers_every_request_and_reports_errors_in_band(client):
     errors = [e for _, e in answers if e is not None]
     assert set(ok) == {"s0", "s1", "s2"}
     assert ok["s1"].as_numpy("simple").shape == (1, 96, 6, 6)
+    assert [o.name for o in ok["s1"].get_response().outputs] == ["simple", "energy"]
     assert len(errors) == 1 and "has 4 channels" in errors[0].message()
