@@ -89,9 +89,9 @@ KNOBS = (
     Knob("device", "auto", "device for models whose entry says auto: auto, cpu, cuda, cuda:N"),
     Knob("devices", None, "instead of --device, several devices (comma-separated, e.g. "
          "cuda:0,cuda:1) for models whose entry names none: their instances are spread over "
-         "them", _devices),
-    Knob("instances", None, "instances of each model whose entry says none, spread over its "
-         "devices, each taking batches from the model's queue (default: one per device)",
+         "them (unset: --device)", _devices),
+    Knob("instances", None, "instances of each model whose entry says none (unset: one per "
+         "device), spread over its devices, each taking batches from the model's queue",
          _positive_int),
     Knob("max-batch-size", 8, "default most items per model execution", _positive_int),
     Knob("max-queue-delay-ms", 2.0, "default time the oldest queued item waits for its batch "
