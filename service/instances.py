@@ -22,13 +22,18 @@ from .models.base import ServedModel
 ItemResult = dict[str, torch.Tensor]
 
 
+def _current(device: torch.device) -> contextlib.AbstractContextManager:
+    """`device` as the thread's current CUDA device: Triton launches on the current one."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def run_batch(model: ServedModel, backend: str, tensors: list[torch.Tensor],
               outputs: frozenset[str]) -> list[ItemResult]:
     """One forward for the whole batch of same-shape items, split back per item (on the host).
 
     Also used by the clients' in-process mode, so both compute exactly the same features.
     """
-    with fk.use_backend(backend), torch.inference_mode():
+    with fk.use_backend(backend), torch.inference_mode(), _current(model.device):
         batch = torch.stack(tensors).to(device=model.device, dtype=model.dtype)
         results = model.forward(batch, outputs)
         on_host = {name: t.cpu() for name, t in results.items()}
@@ -44,8 +49,7 @@ class Instance:
         self.model = model
         self._executor = ThreadPoolExecutor(max_workers=1,
                                             thread_name_prefix=f"foveal-{model.name}-{index}")
-        # Its own stream (and with it the right current device in its thread), so instances on
-        # one GPU overlap and Triton launches on the model's GPU.
+        # Its own stream, so that instances on one GPU overlap.
         self._stream = (torch.cuda.Stream(model.device) if model.device.type == "cuda"
                         else None)
 
