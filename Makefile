@@ -7,15 +7,21 @@ PYTEST_ARGS ?=
 
 .PHONY: serve proto test lint compile-gate compile-check gpu-check selfcheck clean
 
+# The tests need the dev extra; serving only foveal and its `serve` extra (dev includes it).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -e '.[dev]'
+	touch $@ $(VENV)/.serve-installed
+
+$(VENV)/.serve-installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -e '.[serve]'
 	touch $@
 
 # The service on its built-in models (gabor, motion-energy): gRPC on 127.0.0.1:8001, metrics on
 # :8002. Flags and FOVEAL_* variables configure it: `$(BIN)/foveal serve --help`.
 SERVE_ARGS ?=
-serve: $(VENV)/.installed
+serve: $(VENV)/.serve-installed
 	$(BIN)/foveal serve $(SERVE_ARGS)
 
 # Regenerate proto/'s committed *_pb2.py/.pyi from the .proto sources (the one place that adapts

@@ -7,14 +7,17 @@
 
 Results are numpy arrays keyed by layer name (`as_torch=True` for torch tensors). Failed calls
 raise FoveaError with the gRPC code and the server's message; calls that fail with UNAVAILABLE
-are retried with exponential backoff (RetryPolicy). Imports no torch: only numpy, grpcio and
-protobuf (PyAV when reading video).
+are retried with exponential backoff (RetryPolicy), on another replica where the client has
+several: `FoveaClient(["10.0.0.1:8001", "10.0.0.2:8001"])` or
+`FoveaClient("dns:///features.internal:8001")` spreads calls round-robin over the ready ones
+(see replicas.py). Imports no torch: only numpy, grpcio and protobuf (PyAV when reading video).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
@@ -26,17 +29,18 @@ from typing import Any
 import grpc
 import numpy as np
 
-from foveal.proto import rpc
 from foveal.proto.foveal.v1 import foveal_pb2 as pb
 
 from . import wire
 from .connection import MESSAGE_OVERHEAD, MIB, Connection, RetryPolicy
 from .errors import FoveaError, from_rpc_error
 from .models import ModelSpec
+from .replicas import AsyncReplicas, Replicas, SyncReplicas
 from .streaming import DONE, PULL, SEND, STALE, WAIT, Attempt, ClipWindow
 from .wire import Features
 
 __all__ = ["AsyncFoveaClient", "ClipFeatures", "FoveaClient", "FoveaError", "RetryPolicy"]
+log = logging.getLogger("foveal.clients")
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,9 @@ def _read_clips(video: str | Path, spec: ModelSpec, clip_len: int | None, stride
 class _Client:
     """Settings and request building shared by both clients; the I/O is theirs."""
 
-    def __init__(self, address: str, *, timeout: float | None = 60.0,
+    _replicas: Replicas
+
+    def __init__(self, address: str | Sequence[str], *, timeout: float | None = 60.0,
                  retry: RetryPolicy | None = None, tls: bool = False,
                  root_certificates: bytes | str | Path | None = None,
                  certificate_chain: bytes | str | Path | None = None,
@@ -79,7 +85,9 @@ class _Client:
                  max_message_bytes: int = 64 * MIB, compression: str | None = None,
                  chunk_bytes: int | None = None, clips_in_flight: int = 8,
                  requests_in_flight: int = 4):
-        """`timeout` (seconds) bounds each unary call; clip streams take their own (none by
+        """`address` is one server (`host:port`), any gRPC target (`dns:///name:port`,
+        `ipv4:a:port,b:port`) or a list of them; calls go round-robin to the ready ones.
+        `timeout` (seconds) bounds each unary call; clip streams take their own (none by
         default: the server bounds each clip). `tls` uses the system's roots unless
         `root_certificates` is given; `certificate_chain` and `private_key` are for mutual TLS.
         `token` is sent as `authorization: Bearer <token>`. `compression` is None, "gzip" or
@@ -112,12 +120,26 @@ class _Client:
             images, spec.name, wire.check_outputs(outputs), wire.output_dtype(output_dtype),
             spec.max_batch_size, self.connection.max_message_bytes - MESSAGE_OVERHEAD)
 
-    def _check_retry(self, window: ClipWindow, err: grpc.RpcError, failures: int) -> None:
-        """After a broken stream: raise unless it is worth another attempt."""
+    def _retry_delay(self, method: str, err: grpc.RpcError, attempt: int, replica: int,
+                     resume: str = "") -> float:
+        """After failed attempt `attempt` on `replica`: raise unless it is worth another;
+        else say so in the log and return how long to wait."""
+        if not self.retry.should_retry(err.code(), attempt):
+            raise from_rpc_error(err, method, attempt) from None
+        delay = self.retry.delay(attempt)
+        where = " on another replica" if len(self._replicas.targets) > 1 else ""
+        log.info("%s on %s failed with %s (%s); retrying%s%s in %.2f s", method,
+                 self._replicas.targets[replica], err.code().name, err.details(), resume, where,
+                 delay)
+        return delay
+
+    def _stream_retry_delay(self, window: ClipWindow, err: grpc.RpcError, failures: int,
+                            replica: int) -> float:
+        """After a broken stream: raise what ended it, or resume at its first unanswered clip."""
         if window.error is not None:  # our own clips failed first: that is the news
             raise window.error from None
-        if not self.retry.should_retry(err.code(), failures):
-            raise from_rpc_error(err, "ExtractClips", failures) from None
+        return self._retry_delay("ExtractClips", err, failures, replica,
+                                 f" from clip {window.first}")
 
     def _clip_requests(self, entries: Iterable[tuple[str, Any]], fail, model: str,
                        outputs: list[str], dtype: int) -> Iterator[pb.ClipChunk]:
@@ -134,21 +156,16 @@ class _Client:
 class FoveaClient(_Client):
     """A blocking client. Thread-safe: one client can serve many threads."""
 
-    def __init__(self, address: str, **settings: Any):
+    def __init__(self, address: str | Sequence[str], **settings: Any):
         super().__init__(address, **settings)
-        connection = self.connection
-        credentials = connection.credentials()
-        self._channel = (grpc.secure_channel(address, credentials, connection.options())
-                         if credentials else grpc.insecure_channel(address,
-                                                                   connection.options()))
-        self._stub = rpc.FeatureServiceStub(self._channel)
+        self._replicas = SyncReplicas(self.connection.targets, self.connection.channel)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
-        self._channel.close()
+        self._replicas.close()
 
     def __enter__(self) -> FoveaClient:
         return self
@@ -157,15 +174,16 @@ class FoveaClient(_Client):
         self.close()
 
     def _unary(self, method: str, request: Any, timeout: float | None = None) -> Any:
-        attempt = 0
+        attempt, replica = 0, None
         while True:
             attempt += 1
+            replica = self._replicas.pick(avoid=replica)
+            stub = self._replicas.stubs[replica]
             try:
-                return getattr(self._stub, method)(request, **self._call_options(timeout))
+                return getattr(stub, method)(request, **self._call_options(timeout))
             except grpc.RpcError as err:
-                if not self.retry.should_retry(err.code(), attempt):
-                    raise from_rpc_error(err, method, attempt) from None
-            time.sleep(self.retry.delay(attempt))
+                delay = self._retry_delay(method, err, attempt, replica)
+            time.sleep(delay)
 
     def list_models(self, timeout: float | None = None) -> list[ModelSpec]:
         reply = self._unary("ListModels", pb.ListModelsRequest(), timeout)
@@ -250,7 +268,7 @@ class FoveaClient(_Client):
         video Clips), in order, over one ExtractClips stream; `timeout` bounds the stream."""
         names, dtype = wire.check_outputs(outputs), wire.output_dtype(output_dtype)
         window, cond = ClipWindow(iter(clips), self.clips_in_flight), threading.Condition()
-        failures = 0
+        failures, replica = 0, None
         while True:
             with cond:
                 attempt = window.new_attempt()
@@ -258,7 +276,9 @@ class FoveaClient(_Client):
             requests = self._clip_requests(_entries(window, cond, attempt),
                                            lambda err: _fail(window, cond, err), model, names,
                                            dtype)
-            call = self._stub.ExtractClips(requests, **self._call_options(timeout, stream=True))
+            replica = self._replicas.pick(avoid=replica if failures else None)
+            call = self._replicas.stubs[replica].ExtractClips(
+                requests, **self._call_options(timeout, stream=True))
             try:
                 for reply in call:
                     with cond:
@@ -269,8 +289,7 @@ class FoveaClient(_Client):
                                               output_dtype == "bfloat16")
             except grpc.RpcError as err:
                 failures += 1
-                self._check_retry(window, err, failures)
-                time.sleep(self.retry.delay(failures))
+                time.sleep(self._stream_retry_delay(window, err, failures, replica))
                 continue
             finally:
                 call.cancel()  # a no-op once finished; stops the call if the caller stopped
@@ -328,17 +347,12 @@ class AsyncFoveaClient(_Client):
     """The asyncio client (grpc.aio); the same methods as FoveaClient, as coroutines (and an
     async iterator for clips). Create it inside the event loop that uses it."""
 
-    def __init__(self, address: str, **settings: Any):
+    def __init__(self, address: str | Sequence[str], **settings: Any):
         super().__init__(address, **settings)
-        connection = self.connection
-        credentials = connection.credentials()
-        self._channel = (grpc.aio.secure_channel(address, credentials, connection.options())
-                         if credentials else grpc.aio.insecure_channel(address,
-                                                                       connection.options()))
-        self._stub = rpc.FeatureServiceStub(self._channel)
+        self._replicas = AsyncReplicas(self.connection.targets, self.connection.aio_channel)
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._replicas.close()
 
     async def __aenter__(self) -> AsyncFoveaClient:
         return self
@@ -347,15 +361,16 @@ class AsyncFoveaClient(_Client):
         await self.close()
 
     async def _unary(self, method: str, request: Any, timeout: float | None = None) -> Any:
-        attempt = 0
+        attempt, replica = 0, None
         while True:
             attempt += 1
+            replica = self._replicas.pick(avoid=replica)
+            stub = self._replicas.stubs[replica]
             try:
-                return await getattr(self._stub, method)(request, **self._call_options(timeout))
+                return await getattr(stub, method)(request, **self._call_options(timeout))
             except grpc.RpcError as err:
-                if not self.retry.should_retry(err.code(), attempt):
-                    raise from_rpc_error(err, method, attempt) from None
-            await asyncio.sleep(self.retry.delay(attempt))
+                delay = self._retry_delay(method, err, attempt, replica)
+            await asyncio.sleep(delay)
 
     async def list_models(self, timeout: float | None = None) -> list[ModelSpec]:
         reply = await self._unary("ListModels", pb.ListModelsRequest(), timeout)
@@ -422,7 +437,7 @@ class AsyncFoveaClient(_Client):
                            ) -> AsyncIterator[tuple[Any, Features]]:
         names, dtype = wire.check_outputs(outputs), wire.output_dtype(output_dtype)
         window, cond = ClipWindow(iter(clips), self.clips_in_flight), asyncio.Condition()
-        failures = 0
+        failures, replica = 0, None
         while True:
             async with cond:
                 attempt = window.new_attempt()
@@ -430,7 +445,9 @@ class AsyncFoveaClient(_Client):
 
             requests = _async_chunks(self, _async_entries(window, cond, attempt), window.fail,
                                      model, names, dtype)
-            call = self._stub.ExtractClips(requests, **self._call_options(timeout, stream=True))
+            replica = self._replicas.pick(avoid=replica if failures else None)
+            call = self._replicas.stubs[replica].ExtractClips(
+                requests, **self._call_options(timeout, stream=True))
             try:
                 async for reply in call:
                     async with cond:
@@ -441,8 +458,7 @@ class AsyncFoveaClient(_Client):
                                               output_dtype == "bfloat16")
             except grpc.RpcError as err:
                 failures += 1
-                self._check_retry(window, err, failures)
-                await asyncio.sleep(self.retry.delay(failures))
+                await asyncio.sleep(self._stream_retry_delay(window, err, failures, replica))
                 continue
             finally:
                 call.cancel()

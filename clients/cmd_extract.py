@@ -1,6 +1,7 @@
 """`foveal extract`: features of many images or videos to disk, resumable.
 
     foveal extract videos/ --model motion-energy --server 127.0.0.1:8001 --out features/
+    foveal extract videos/ --model motion-energy --server dns:///features.internal:8001 ...
     foveal extract list.txt --model gabor --local --out features/ --format safetensors
     foveal extract videos/ --model motion-energy --ray --out features/
 
@@ -37,8 +38,12 @@ def register(subparsers) -> None:
     p.add_argument("--format", choices=("npy", "safetensors"), default="npy",
                    help="npy: a folder of <layer>.npy per input; safetensors: one file")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--server", metavar="HOST:PORT",
-                      help=f"a foveal server (default {DEFAULT_SERVER}, or $FOVEAL_SERVER)")
+    mode.add_argument("--server", metavar="ADDRESS", action="append",
+                      help="a foveal server: HOST:PORT or any gRPC target (dns:///NAME:PORT, "
+                           "ipv4:A:PORT,B:PORT); repeat it or join HOST:PORTs with commas to "
+                           "spread calls round-robin over several replicas, a failed one's "
+                           f"calls moving to the others (default {DEFAULT_SERVER}, or "
+                           "$FOVEAL_SERVER)")
     mode.add_argument("--local", action="store_true", help="run the model in this process")
     mode.add_argument("--ray", action="store_true",
                       help="decode in Ray tasks and run the model in Ray actors (one per GPU)")
@@ -100,7 +105,7 @@ def _client(args: argparse.Namespace):
         token = Path(args.token_file).read_text().strip()
     elif os.environ.get("FOVEAL_AUTH_TOKEN"):
         token = os.environ["FOVEAL_AUTH_TOKEN"]
-    return FoveaClient(args.server or os.environ.get("FOVEAL_SERVER", DEFAULT_SERVER),
+    return FoveaClient(args.server or [os.environ.get("FOVEAL_SERVER", DEFAULT_SERVER)],
                        timeout=args.timeout, tls=args.tls, root_certificates=args.root_cert,
                        certificate_chain=args.client_cert, private_key=args.client_key,
                        token=token, compression=args.compression,

@@ -1,4 +1,4 @@
-"""How a client reaches the server: address, TLS, token, limits, compression, retries.
+"""How a client reaches the servers: addresses, TLS, token, limits, compression, retries.
 
 Shared by FoveaClient (sync) and AsyncFoveaClient (asyncio): everything but the I/O.
 """
@@ -7,24 +7,33 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+
+from .replicas import ROUND_ROBIN, parse_targets
 
 MIB = 1024 * 1024
 COMPRESSIONS = {None: grpc.Compression.NoCompression, "gzip": grpc.Compression.Gzip,
                 "deflate": grpc.Compression.Deflate}
 # Room for a message's fields around its payload (headers, shapes, names).
 MESSAGE_OVERHEAD = 64 * 1024
+# What a call that never ran on a working server fails with (see RetryPolicy).
+RETRIED_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff for calls that fail with UNAVAILABLE (and only those).
+    """Exponential backoff for calls that fail with UNAVAILABLE (and only those, and CANCELLED
+    ones the client did not cancel).
 
     UNAVAILABLE means the call did not reach a working server (not up yet, restarting, shutting
-    down): trying again later is safe, and the requests are pure functions of their input.
+    down): trying again later is safe, and the requests are pure functions of their input. A
+    server that starts shutting down as a call arrives can also drop it as CANCELLED before any
+    handler sees it (gRPC's own race); the clients never retry a call they cancelled themselves,
+    so a CANCELLED they are told of is the server's and is retried the same way.
     The n-th retry waits initial_backoff * multiplier**(n-1), at most max_backoff, with +-jitter.
     """
 
@@ -47,7 +56,7 @@ class RetryPolicy:
             raise ValueError(f"jitter must be in [0, 1), got {self.jitter!r}")
 
     def should_retry(self, code: grpc.StatusCode, attempt: int) -> bool:
-        return code == grpc.StatusCode.UNAVAILABLE and attempt < self.attempts
+        return code in RETRIED_CODES and attempt < self.attempts
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number `attempt` (from 1)."""
@@ -71,7 +80,7 @@ def _pem(value: bytes | str | Path | None, what: str) -> bytes | None:
 class Connection:
     """Validated connection settings, and the grpc objects made from them."""
 
-    address: str
+    targets: tuple[str, ...]          # one channel each (parse_targets)
     timeout: float | None = 60.0
     retry: RetryPolicy = RetryPolicy()
     tls: bool = False
@@ -84,15 +93,14 @@ class Connection:
     chunk_bytes: int = 1 * MIB
 
     @classmethod
-    def make(cls, address: str, *, timeout: float | None = 60.0,
+    def make(cls, address: str | Sequence[str], *, timeout: float | None = 60.0,
              retry: RetryPolicy | None = None, tls: bool = False,
              root_certificates: bytes | str | Path | None = None,
              certificate_chain: bytes | str | Path | None = None,
              private_key: bytes | str | Path | None = None, token: str | None = None,
              max_message_bytes: int = 64 * MIB, compression: str | None = None,
              chunk_bytes: int | None = None) -> Connection:
-        if not isinstance(address, str) or not address.strip():
-            raise ValueError(f"address must be 'host:port', got {address!r}")
+        targets = parse_targets(address)
         if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
             raise ValueError(f"timeout must be a positive number of seconds or None, "
                              f"got {timeout!r}")
@@ -119,15 +127,21 @@ class Connection:
                              "and private_key")
         if token is not None and (not isinstance(token, str) or not token):
             raise ValueError("token must be a non-empty string or None")
-        return cls(address.strip(), timeout, retry or RetryPolicy(), tls,
+        return cls(targets, timeout, retry or RetryPolicy(), tls,
                    _pem(root_certificates, "root certificates"),
                    _pem(certificate_chain, "certificate chain"),
                    _pem(private_key, "private key"), token, max_message_bytes, compression,
                    chunk_bytes)
 
-    def options(self) -> list[tuple[str, int]]:
+    @property
+    def address(self) -> str:
+        """The targets as people read them."""
+        return ", ".join(self.targets)
+
+    def options(self) -> list[tuple[str, int | str]]:
         return [("grpc.max_send_message_length", self.max_message_bytes),
-                ("grpc.max_receive_message_length", self.max_message_bytes)]
+                ("grpc.max_receive_message_length", self.max_message_bytes),
+                ("grpc.service_config", ROUND_ROBIN)]
 
     def credentials(self) -> grpc.ChannelCredentials | None:
         if not self.tls:
@@ -135,6 +149,18 @@ class Connection:
         return grpc.ssl_channel_credentials(root_certificates=self.root_certificates,
                                             private_key=self.private_key,
                                             certificate_chain=self.certificate_chain)
+
+    def channel(self, target: str) -> grpc.Channel:
+        credentials = self.credentials()
+        if credentials is None:
+            return grpc.insecure_channel(target, self.options())
+        return grpc.secure_channel(target, credentials, self.options())
+
+    def aio_channel(self, target: str) -> grpc.aio.Channel:
+        credentials = self.credentials()
+        if credentials is None:
+            return grpc.aio.insecure_channel(target, self.options())
+        return grpc.aio.secure_channel(target, credentials, self.options())
 
     def grpc_compression(self) -> grpc.Compression:
         return COMPRESSIONS[self.compression]

@@ -3,7 +3,7 @@
 It stands in for FoveaClient in the extraction pipeline (same `describe`, `extract_image` and
 `stream_clips`) and computes with the server's own code: the model is built by the service's
 `load_model`, inputs go through the service's `decode_image` / `prepare_image` /
-`prepare_clip`, and batches run through the batcher's `run_batch`. Same backend, same inputs:
+`prepare_clip`, and batches run through a model instance's `run_batch`. Same backend, same inputs:
 the same features as the server returns. Imports torch (unlike the thin client).
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from foveal.service.batcher import run_batch
+from foveal.service.instances import run_batch
 from foveal.service.models.base import VIDEO, ServedModel
 from foveal.service.preprocess import decode_image, prepare_clip, prepare_image
 from foveal.service.repository import BatchPolicy, ModelConfig, builtin_models, load_repository

@@ -3,7 +3,8 @@
 Clips are pulled from the caller's iterator only when fewer than `limit` are unanswered, so a
 long video is never read far ahead of the server. Sent clips stay in `pending` until their
 reply arrives (replies come in order); when the stream breaks with UNAVAILABLE, the next
-attempt sends the unanswered clips again, then goes on with new ones. Each clip's id is its
+attempt (on another replica, where the client has several) sends the unanswered clips again,
+then goes on with new ones. Each clip's id is its
 position in the caller's sequence, which checks that replies match.
 
 The state here is plain data; the clients wrap it with a threading or asyncio condition.

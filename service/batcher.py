@@ -1,14 +1,16 @@
-"""The dynamic batcher: one queue per model, one device worker thread per model.
+"""The dynamic batcher: one queue per model, feeding each of the model's instances.
 
 A batch starts when `max_batch_size` items of one shape are waiting, or when the oldest item
 has waited `max_queue_delay_ms`; it takes up to `max_batch_size` items of the oldest item's
-shape (others wait for a later batch). Items whose request was cancelled or whose deadline
+shape (others wait for a later batch). A batch is formed only when an instance is free to run
+it, so items keep gathering while every instance is busy; with several instances, each runs its
+own batches while the others compute. Items whose request was cancelled or whose deadline
 passed are dropped before the batch reaches the device. The queue holds at most
 `max_queue_size` items: past that a request fails at once with RESOURCE_EXHAUSTED. A batch
 that raises fails its own requests with INTERNAL; the next batch runs as usual.
 
-The model runs in a worker thread, so the event loop keeps accepting requests and answering
-health checks during a long batch.
+Each instance runs its batches in its own worker thread, so the event loop keeps accepting
+requests and answering health checks during long batches.
 """
 
 from __future__ import annotations
@@ -18,22 +20,19 @@ import collections
 import contextlib
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
 import torch
 
-import foveal.kernels as fk
-
 from .errors import RequestError
+from .instances import Instance, ItemResult
 from .metrics import Metrics, ModelStats
 from .models.base import ServedModel
 from .repository import BatchPolicy
 
 log = logging.getLogger("foveal.service.batcher")
-
-ItemResult = dict[str, torch.Tensor]
 
 
 @dataclass
@@ -46,31 +45,25 @@ class _Item:
     request_id: str
 
 
-def run_batch(model: ServedModel, backend: str, tensors: list[torch.Tensor],
-              outputs: frozenset[str]) -> list[ItemResult]:
-    """One forward for the whole batch of same-shape items, split back per item (on the host).
-
-    Also used by the clients' in-process mode, so both compute exactly the same features.
-    """
-    with fk.use_backend(backend), torch.inference_mode():
-        batch = torch.stack(tensors).to(device=model.device, dtype=model.dtype)
-        results = model.forward(batch, outputs)
-        on_host = {name: t.cpu() for name, t in results.items()}
-    return [{name: t[i] for name, t in on_host.items()} for i in range(len(tensors))]
-
-
 class DynamicBatcher:
-    def __init__(self, model: ServedModel, policy: BatchPolicy, backend: str, metrics: Metrics,
-                 stats: ModelStats):
-        self.model = model
+    """`models` holds each instance's model: the same object for instances on one device."""
+
+    def __init__(self, models: Sequence[ServedModel], policy: BatchPolicy, backend: str,
+                 metrics: Metrics, stats: ModelStats):
+        if not models or len({m.name for m in models}) != 1:
+            raise ValueError("a batcher needs one or more instances of one model")
+        self.model = models[0]          # what every instance serves: name, input, outputs
+        self.instances = [Instance(i, model) for i, model in enumerate(models)]
         self.policy = policy
         self.backend = backend          # the kernels' preference: "triton" or "torch"
         self.metrics = metrics
         self.stats = stats
         self._queue: collections.deque[_Item] = collections.deque()
         self._wake = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1,
-                                            thread_name_prefix=f"foveal-{model.name}")
+        self._idle: asyncio.Queue[Instance] = asyncio.Queue()
+        for instance in self.instances:
+            self._idle.put_nowait(instance)
+        self._running: set[asyncio.Task] = set()
         self._task: asyncio.Task | None = None
         self._closing = False
 
@@ -123,13 +116,19 @@ class DynamicBatcher:
                 future.cancel()
 
     async def _loop(self) -> None:
+        """Take a free instance, wait for items, form a batch, start it; again."""
         while True:
+            instance = await self._idle.get()
             while not self._queue:
                 self._wake.clear()
                 await self._wake.wait()
             batch = await self._collect()
-            if batch:
-                await self._execute(batch)
+            if not batch:
+                self._idle.put_nowait(instance)
+                continue
+            task = asyncio.get_running_loop().create_task(self._execute(instance, batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
 
     def _same_shape_count(self, shape: torch.Size) -> int:
         return sum(1 for item in self._queue if item.tensor.shape == shape)
@@ -179,31 +178,30 @@ class DynamicBatcher:
         limit = self.policy.max_batch_size
         sizes = sorted({min(1 << i, limit) for i in range(limit.bit_length() + 1)})
         generator = torch.Generator().manual_seed(0)
-        loop = asyncio.get_running_loop()
-        for size in sizes:
-            items = [torch.randn(shape, generator=generator) for _ in range(size)]
-            await loop.run_in_executor(self._executor, self._compute, items,
-                                       frozenset(self.model.outputs))
+        for instance in self.instances:  # one after another: tuning wants the device alone
+            for size in sizes:
+                items = [torch.randn(shape, generator=generator) for _ in range(size)]
+                await instance.run(self.backend, items, frozenset(self.model.outputs))
         return sizes
 
-    def _compute(self, tensors: list[torch.Tensor], outputs: frozenset[str]) -> list[ItemResult]:
-        """Runs in the worker thread."""
-        return run_batch(self.model, self.backend, tensors, outputs)
+    async def _execute(self, instance: Instance, batch: list[_Item]) -> None:
+        try:
+            await self._run_on(instance, batch)
+        finally:
+            self._idle.put_nowait(instance)
 
-    async def _execute(self, batch: list[_Item]) -> None:
-        name = self.model.name
+    async def _run_on(self, instance: Instance, batch: list[_Item]) -> None:
+        name, label = self.model.name, instance.label
         start = time.monotonic()
         for item in batch:
             self.metrics.queue_time.labels(name).observe(start - item.enqueued)
             self.stats.queue.add(start - item.enqueued)
         outputs = frozenset().union(*(item.outputs for item in batch))
-        loop = asyncio.get_running_loop()
         try:
-            results = await loop.run_in_executor(self._executor, self._compute,
-                                                 [item.tensor for item in batch], outputs)
+            results = await instance.run(self.backend, [item.tensor for item in batch], outputs)
         except Exception as err:  # a failing batch fails only its own requests
             log.exception("batch failed", extra={"fields": {
-                "model": name, "batch_size": len(batch),
+                "model": name, "instance": instance.index, "batch_size": len(batch),
                 "request_ids": sorted({item.request_id for item in batch})}})
             error = RequestError(grpc.StatusCode.INTERNAL,
                                  f"model {name!r} failed on a batch of {len(batch)}: "
@@ -213,17 +211,20 @@ class DynamicBatcher:
                     item.future.set_exception(error)
             return
         seconds = time.monotonic() - start
-        self.metrics.compute_time.labels(name).observe(seconds)
-        self.metrics.batch_size.labels(name).observe(len(batch))
+        self.metrics.compute_time.labels(name, label).observe(seconds)
+        self.metrics.batch_size.labels(name, label).observe(len(batch))
+        self.metrics.executions.labels(name, label).inc()
         self.stats.record_batch(len(batch), seconds)
-        log.debug("batch", extra={"fields": {"model": name, "batch_size": len(batch),
+        log.debug("batch", extra={"fields": {"model": name, "instance": instance.index,
+                                             "batch_size": len(batch),
                                              "compute_ms": round(seconds * 1000, 3)}})
         for item, result in zip(batch, results, strict=True):
             if not item.future.done():
                 item.future.set_result({k: v for k, v in result.items() if k in item.outputs})
 
     async def close(self) -> None:
-        """Stop batching: fail what is still queued, wait for the running batch, free the thread."""
+        """Stop batching: fail what is still queued, let running batches finish, free the
+        instances' threads."""
         self._closing = True
         if self._task is not None:
             self._task.cancel()
@@ -234,4 +235,7 @@ class DynamicBatcher:
             if not item.future.done():
                 item.future.set_exception(RequestError(grpc.StatusCode.UNAVAILABLE,
                                                        "the server is shutting down"))
-        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
+        if self._running:
+            await asyncio.wait(self._running)
+        for instance in self.instances:
+            await instance.close()

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .devices import parse_devices
+
 ENV_PREFIX = "FOVEAL_"
 
 
@@ -57,6 +59,13 @@ def _positive(text: str) -> float:
     return value
 
 
+def _devices(text: str) -> tuple[str, ...]:
+    try:
+        return parse_devices(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _flag(text: str) -> bool:
     lowered = text.lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -78,6 +87,12 @@ KNOBS = (
          "on a CPU-only host), triton or torch", choices=("auto", "triton", "torch"),
          env="FOVEAL_BACKEND"),
     Knob("device", "auto", "device for models whose entry says auto: auto, cpu, cuda, cuda:N"),
+    Knob("devices", None, "instead of --device, several devices (comma-separated, e.g. "
+         "cuda:0,cuda:1) for models whose entry names none: their instances are spread over "
+         "them (unset: --device)", _devices),
+    Knob("instances", None, "instances of each model whose entry says none (unset: one per "
+         "device), spread over its devices, each taking batches from the model's queue",
+         _positive_int),
     Knob("max-batch-size", 8, "default most items per model execution", _positive_int),
     Knob("max-queue-delay-ms", 2.0, "default time the oldest queued item waits for its batch "
          "to fill", _non_negative),
@@ -168,6 +183,7 @@ def settings_from(values: dict[str, Any]):
         host=values["host"], port=values["port"],
         metrics_port=None if values["no-metrics"] else values["metrics-port"],
         models_file=values["models"], backend=values["backend"], device=values["device"],
+        devices=values["devices"] or (), instances=values["instances"],
         batching=BatchPolicy(max_batch_size=values["max-batch-size"],
                              max_queue_delay_ms=values["max-queue-delay-ms"],
                              max_queue_size=values["max-queue-size"],

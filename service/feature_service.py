@@ -42,7 +42,7 @@ def _info(model: ServedModel, state: ServingState) -> pb.ModelInfo:
         batching=pb.Batching(max_batch_size=policy.max_batch_size,
                              max_queue_delay_ms=policy.max_queue_delay_ms,
                              max_queue_size=policy.max_queue_size, timeout_ms=policy.timeout_ms),
-        precision=codec.BY_TORCH[model.dtype].proto, device=str(model.device),
+        precision=codec.BY_TORCH[model.dtype].proto, device=served.device_names,
         backend=state.backend, weights=model.weights, ready=state.ready)
 
 

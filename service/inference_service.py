@@ -3,7 +3,8 @@
 An image model has one input, `images`, of shape (N, H, W, C); a video model one input,
 `clips`, of shape (N, T, H, W, C); UINT8 or FP32 either way. Outputs are the model's outputs
 by name, (N, C, H', W') or (N, C, T', H', W'), FP32 unless the request parameter
-`output_datatype` asks for "FP16" or "BF16". Every model has the single version "1".
+`output_datatype` asks for "FP16" or "BF16"; a request naming no outputs gets all of them, as
+the KServe v2 specification says. Every model has the single version "1".
 """
 
 from __future__ import annotations
@@ -55,6 +56,18 @@ def _output_dims(model: ServedModel, name: str) -> list[int]:
 
 def _input_datatype(model: ServedModel) -> str:
     return codec.BY_NAME[model.input_spec.dtypes[0]].triton
+
+
+def _instance_groups(served: Served) -> list[mc.ModelInstanceGroup]:
+    """One group per device, as Triton's instance_group reports them."""
+    groups = []
+    for i, (device, count) in enumerate(served.devices):
+        gpu = device.type == "cuda"
+        groups.append(mc.ModelInstanceGroup(
+            name=f"{served.model.name}_{i}", count=count,
+            kind=mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU,
+            gpus=[device.index or 0] if gpu else []))
+    return groups
 
 
 def _check_version(name: str, version: str) -> None:
@@ -115,7 +128,7 @@ class InferenceServicer:
             image_format = (mc.ModelInput.FORMAT_NONE if model.input_spec.kind == VIDEO
                             else mc.ModelInput.FORMAT_NHWC)
             parameters = {"kind": model.kind, "compute_backend": self.state.backend,
-                          "device": str(model.device), "weights": model.weights,
+                          "device": served.device_names, "weights": model.weights,
                           "precision": codec.BY_TORCH[model.dtype].name,
                           "default_outputs": ",".join(model.default_outputs)}
             config = mc.ModelConfig(
@@ -126,6 +139,7 @@ class InferenceServicer:
                                      format=image_format, dims=_input_dims(model))],
                 output=[mc.ModelOutput(name=name, data_type=mc.TYPE_FP32,
                                        dims=_output_dims(model, name)) for name in model.outputs],
+                instance_group=_instance_groups(served),
                 dynamic_batching=mc.ModelDynamicBatching(
                     max_queue_delay_microseconds=int(policy.max_queue_delay_ms * 1000),
                     default_queue_policy=mc.ModelQueuePolicy(
@@ -222,7 +236,9 @@ class InferenceServicer:
         model = served.model
         items = self._input_items(model, request)
         served.batcher.check_request_size(len(items))
-        outputs = self.state.outputs(model, [o.name for o in request.outputs])
+        # KServe v2: a request that names no outputs gets every output of the model
+        outputs = self.state.outputs(model, [o.name for o in request.outputs] or
+                                     list(model.outputs))
         wire = self._output_wire(request)
         prepare = prepare_clip if model.input_spec.kind == VIDEO else prepare_image
         name = input_name(model)

@@ -38,9 +38,15 @@ class Metrics:
         self.queue_time = Histogram("foveal_queue_seconds", "Time an item waited for its batch",
                                     ["model"], buckets=_LATENCY_BUCKETS, registry=r)
         self.compute_time = Histogram("foveal_compute_seconds", "Time one batch ran on the "
-                                      "device", ["model"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("foveal_batch_size", "Items per model execution",
-                                    ["model"], buckets=_BATCH_BUCKETS, registry=r)
+                                      "device, by model instance", ["model", "instance"],
+                                      buckets=_LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("foveal_batch_size", "Items per model execution, by model "
+                                    "instance", ["model", "instance"], buckets=_BATCH_BUCKETS,
+                                    registry=r)
+        self.executions = Counter("foveal_executions", "Model executions (batches) by model "
+                                  "instance", ["model", "instance"], registry=r)
+        self.instances = Gauge("foveal_instance_info", "1 for each model instance, with its "
+                               "device", ["model", "instance", "device"], registry=r)
         self.queue_depth = Gauge("foveal_queue_depth", "Items waiting for a batch", ["model"],
                                  registry=r)
         self.dropped = Counter("foveal_items_dropped", "Items dropped before reaching the "

@@ -7,6 +7,10 @@
     factory = "pkg.module:fn"     # python: a function returning an nn.Module
     weights = "weights.pt"        # torchvision and python: a state_dict file (else seeded)
     device = "auto"               # auto | cpu | cuda | cuda:N
+    devices = ["cuda:0", "cuda:1"]    # or several: instances are spread over them (not with
+                                      # device; default: the server's --devices or --device)
+    instances = 2                 # copies of the model taking batches from its one queue
+                                  # (default: the server's --instances, else one per device)
     precision = "float32"         # float32 | float16 | bfloat16
     outputs = ["simple", "energy"]    # outputs served (default: all the kind has; torchvision
                                       # and python: node names, default the classifier's input)
@@ -43,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .devices import check_device, check_devices, check_instances
 from .models.base import IMAGE, VIDEO, InputSpec
 from .models.registry import BUILTIN_MODELS, KINDS, check_settings, default_input
 
@@ -86,9 +91,23 @@ class ModelConfig:
     architecture: str | None = None
     factory: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    devices: tuple[str, ...] = ()     # several devices (then `device` is the first)
+    instances: int | None = None
 
     def batch_policy(self, server_default: BatchPolicy) -> BatchPolicy:
         return dataclasses.replace(server_default, **self.batching)
+
+    def instance_devices(self, default_devices: tuple[str, ...],
+                         default_instances: int | None = None) -> list[str]:
+        """The device of each instance: round-robin over the entry's devices (else its device,
+        else the server's defaults); as many instances as it says, else one per device."""
+        devices = self.devices or ((self.device,) if self.device != "auto" else default_devices)
+        count = self.instances or default_instances or len(devices)
+        if count < len(devices):
+            raise ValueError(f"model {self.name!r}: {count} instance(s) cannot cover "
+                             f"{len(devices)} devices {list(devices)}; set instances to at "
+                             "least the number of devices")
+        return [devices[i % len(devices)] for i in range(count)]
 
 
 def builtin_models() -> list[ModelConfig]:
@@ -96,8 +115,9 @@ def builtin_models() -> list[ModelConfig]:
             for name, kind in BUILTIN_MODELS.items()]
 
 
-_MODEL_KEYS = {"name", "kind", "weights", "device", "precision", "outputs", "default_outputs",
-               "input", "batching", "architecture", "factory", "options"}
+_MODEL_KEYS = {"name", "kind", "weights", "device", "devices", "instances", "precision",
+               "outputs", "default_outputs", "input", "batching", "architecture", "factory",
+               "options"}
 _INPUT_KEYS = {"size", "channels", "resize", "frames", "mean", "std", "max_pixels", "kind"}
 _BATCH_KEYS = {f.name for f in dataclasses.fields(BatchPolicy)}
 
@@ -172,6 +192,22 @@ def _input_spec(where: str, kind: str, table: Any, architecture: str | None) -> 
     return spec
 
 
+def _placement(where: str, table: dict) -> tuple[str, tuple[str, ...], int | None]:
+    """device, devices and instances of an entry, checked against each other."""
+    if "device" in table and "devices" in table:
+        raise RepositoryError(f"{where}: give device or devices, not both")
+    try:
+        device = check_device(table.get("device", "auto"))
+        devices = check_devices(table["devices"]) if "devices" in table else ()
+        instances = check_instances(table["instances"]) if "instances" in table else None
+    except ValueError as err:
+        raise RepositoryError(f"{where}: {err}") from None
+    if instances is not None and instances < len(devices):
+        raise RepositoryError(f"{where}: instances ({instances}) must be at least the number "
+                              f"of devices ({len(devices)}): every device listed runs one")
+    return (devices[0] if devices else device), devices, instances
+
+
 def _model(where: str, table: Any, base_dir: Path) -> ModelConfig:
     if not isinstance(table, dict):
         raise RepositoryError(f"{where}: each [[models]] entry must be a table")
@@ -187,11 +223,7 @@ def _model(where: str, table: Any, base_dir: Path) -> ModelConfig:
     if precision not in PRECISIONS:
         raise RepositoryError(f"{where}: precision must be one of {PRECISIONS}, "
                               f"got {precision!r}")
-    device = table.get("device", "auto")
-    if not isinstance(device, str) or not (device in ("auto", "cpu", "cuda")
-                                           or device.startswith("cuda:")):
-        raise RepositoryError(f"{where}: device must be auto, cpu, cuda or cuda:N, "
-                              f"got {device!r}")
+    device, devices, instances = _placement(where, table)
     weights = table.get("weights")
     if weights is not None:
         if not isinstance(weights, str):
@@ -221,7 +253,8 @@ def _model(where: str, table: Any, base_dir: Path) -> ModelConfig:
     return ModelConfig(
         name=name, kind=kind,
         input=_input_spec(where, kind, table.get("input", {}), settings["architecture"]),
-        weights=weights, device=device, precision=precision,
+        weights=weights, device=device, devices=devices, instances=instances,
+        precision=precision,
         outputs=_strings(where, "outputs", table.get("outputs", [])),
         default_outputs=_strings(where, "default_outputs", table.get("default_outputs", [])),
         batching=dict(batching), options=dict(options), **settings)

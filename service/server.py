@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -21,9 +22,11 @@ from foveal.proto.pool import POOL
 
 from . import __version__
 from .batcher import DynamicBatcher
+from .devices import check_device, check_devices, check_instances
 from .feature_service import FeatureServicer
 from .health import SERVING, HealthServicer
 from .inference_service import InferenceServicer
+from .instances import devices_of
 from .metrics import Metrics, ModelStats, serve_metrics
 from .models.base import ServedModel
 from .models.registry import build_model
@@ -46,6 +49,9 @@ class ServerSettings:
     models_file: str | None = None             # None: the built-in models
     backend: str = "auto"                      # auto | triton | torch
     device: str = "auto"                       # for models whose entry says "auto"
+    devices: tuple[str, ...] = ()              # instead of device: instances spread over them
+    instances: int | None = None               # per model whose entry says none (None: one
+                                               # per device)
     batching: BatchPolicy = field(default_factory=BatchPolicy)
     max_message_bytes: int = 64 * MIB
     tls_cert: str | None = None
@@ -69,6 +75,18 @@ class ServerSettings:
         if self.max_message_bytes < 1024:
             raise ValueError(f"max_message_bytes must be at least 1024, "
                              f"got {self.max_message_bytes}")
+        check_device(self.device)
+        if self.devices:
+            check_devices(self.devices)
+            if self.device != "auto":
+                raise ValueError("give device or devices, not both")
+        if self.instances is not None:
+            check_instances(self.instances)
+
+    @property
+    def default_devices(self) -> tuple[str, ...]:
+        """Where a model whose entry names no device runs its instances."""
+        return self.devices or (self.device,)
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -94,12 +112,12 @@ def choose_backend(requested: str, device: torch.device) -> tuple[str, str, str]
     return preference, running, why
 
 
-def load_model(config: ModelConfig, default_device: str, preference: str) -> ServedModel:
-    """Build one repository entry on its device (`default_device` where it says "auto").
+def load_model(config: ModelConfig, device: str, preference: str) -> ServedModel:
+    """Build one repository entry on `device`.
 
     Also used by the clients' in-process mode, so both run exactly the same model.
     """
-    device = resolve_device(default_device if config.device == "auto" else config.device)
+    device = resolve_device(device)
     with fk.use_backend(preference):
         model = build_model(config.name, config.kind, config.input, device,
                             _DTYPES[config.precision], config.weights,
@@ -109,15 +127,43 @@ def load_model(config: ModelConfig, default_device: str, preference: str) -> Ser
     return model
 
 
+def _device_key(device: torch.device) -> torch.device:
+    """"cuda" and "cuda:0" are one device (when 0 is the current one)."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def load_instances(config: ModelConfig, settings: ServerSettings,
+                   preference: str) -> list[ServedModel]:
+    """Each instance's model: one loaded per device, shared by the instances placed on it."""
+    names = config.instance_devices(settings.default_devices, settings.instances)
+    kinds = {resolve_device(d).type if d == "auto" else torch.device(d).type for d in names}
+    if len(kinds) > 1:
+        raise ValueError(f"model {config.name!r}: its devices mix {sorted(kinds)}; a model's "
+                         "instances all run on one kind of device")
+    placed = [resolve_device(d) for d in names]
+    loaded: dict[torch.device, ServedModel] = {}
+    for device in placed:
+        key = _device_key(device)
+        if key not in loaded:
+            loaded[key] = load_model(config, str(key), preference)
+    return [loaded[_device_key(d)] for d in placed]
+
+
+# A model to serve: its instances' models (one model for one instance) and its batching.
+GivenModel = tuple[ServedModel | Sequence[ServedModel], BatchPolicy]
+
+
 class FeatureServer:
     """One gRPC server (both protocols, health, reflection) plus the metrics endpoint.
 
-    `models` lets a caller serve ready-made models (tests); otherwise the repository file or
-    the built-in models are loaded at start.
+    `models` lets a caller serve ready-made models (tests), each a model or a list with one
+    model per instance; otherwise the repository file or the built-in models are loaded at
+    start.
     """
 
-    def __init__(self, settings: ServerSettings,
-                 models: list[tuple[ServedModel, BatchPolicy]] | None = None):
+    def __init__(self, settings: ServerSettings, models: list[GivenModel] | None = None):
         self.settings = settings
         self._given_models = models
         self.metrics = Metrics()
@@ -128,26 +174,32 @@ class FeatureServer:
         self.port = 0
         self.metrics_port: int | None = None
 
-    def _load_models(self, preference: str) -> list[tuple[ServedModel, BatchPolicy]]:
+    def _load_models(self, preference: str) -> list[GivenModel]:
         configs: list[ModelConfig] = (load_repository(self.settings.models_file)
                                       if self.settings.models_file else builtin_models())
-        return [(load_model(config, self.settings.device, preference),
+        return [(load_instances(config, self.settings, preference),
                  config.batch_policy(self.settings.batching)) for config in configs]
 
     async def start(self) -> None:
         settings = self.settings
-        device = resolve_device(settings.device)
+        device = resolve_device(settings.default_devices[0])
         preference, running, why = choose_backend(settings.backend, device)
         log.info("backend", extra={"fields": {"backend": running, "device": str(device),
                                               "reason": why}})
         models = self._given_models or self._load_models(preference)
         served = {}
-        for model, policy in models:
+        for given, policy in models:
+            instances = [given] if isinstance(given, ServedModel) else list(given)
             stats = ModelStats()
-            batcher = DynamicBatcher(model, policy, preference, self.metrics, stats)
+            batcher = DynamicBatcher(instances, policy, preference, self.metrics, stats)
+            model = batcher.model
             served[model.name] = Served(model, batcher, stats)
+            for instance in batcher.instances:
+                self.metrics.instances.labels(model.name, instance.label,
+                                              str(instance.model.device)).set(1)
             log.info("model", extra={"fields": {
-                "model": model.name, "kind": model.kind, "device": str(model.device),
+                "model": model.name, "kind": model.kind,
+                "devices": {str(d): n for d, n in devices_of(instances)},
                 "precision": str(model.dtype).removeprefix("torch."), "weights": model.weights,
                 "outputs": list(model.outputs), **dataclasses.asdict(policy)}})
         self.state = ServingState(served, running, self.metrics, settings.preprocess_threads,

@@ -16,6 +16,7 @@ from . import codec
 from .batcher import DynamicBatcher
 from .calls import CallTracker
 from .errors import RequestError, invalid, not_found
+from .instances import devices_of
 from .metrics import Metrics, ModelStats
 from .models.base import ServedModel
 
@@ -25,9 +26,19 @@ MIB = 1024 * 1024
 
 @dataclass
 class Served:
-    model: ServedModel
+    model: ServedModel            # instance 0's: what every instance serves
     batcher: DynamicBatcher
     stats: ModelStats
+
+    @property
+    def devices(self) -> list[tuple[torch.device, int]]:
+        """The devices the instances run on, with the number of instances on each."""
+        return devices_of([instance.model for instance in self.batcher.instances])
+
+    @property
+    def device_names(self) -> str:
+        """What ModelInfo and ModelConfig report as the device: "cpu", "cuda:0,cuda:1"."""
+        return ",".join(str(device) for device, _ in self.devices)
 
 
 class ServingState:

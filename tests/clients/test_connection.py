@@ -174,4 +174,7 @@ def test_backoff_grows_exponentially_up_to_the_cap():
     assert [policy.delay(n) for n in range(1, 6)] == pytest.approx([0.1, 0.2, 0.4, 0.5, 0.5])
     assert policy.should_retry(grpc.StatusCode.UNAVAILABLE, 5)
     assert not policy.should_retry(grpc.StatusCode.UNAVAILABLE, 6)
-    assert not policy.should_retry(grpc.StatusCode.INTERNAL, 1)
+    assert policy.should_retry(grpc.StatusCode.CANCELLED, 1)  # dropped by a server stopping
+    for code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.DEADLINE_EXCEEDED,
+                 grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
+        assert not policy.should_retry(code, 1)

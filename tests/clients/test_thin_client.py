@@ -38,10 +38,10 @@ def test_client_imports_and_extracts_without_torch(server, channel):
     result = _run(f"""
         import json
         import numpy as np
-        from foveal.clients.client import FoveaClient, AsyncFoveaClient, FoveaError, RetryPolicy
-        from foveal.clients import connection, errors, models, streaming, wire
+        from foveal.clients import FoveaClient, AsyncFoveaClient, FoveaError, RetryPolicy
+        from foveal.clients import connection, errors, models, replicas, streaming, wire
 
-        with FoveaClient("{server.address}") as c:
+        with FoveaClient(["{server.address}"], retry=RetryPolicy(attempts=2)) as c:
             features = c.extract_image(np.full((32, 32, 3), 77, np.uint8), "gabor")
             (_, clip), = c.stream_clips([np.zeros((8, 24, 24, 3), np.uint8)], "motion")
         print(json.dumps({{"simple": features["simple"].tolist(),

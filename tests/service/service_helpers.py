@@ -9,11 +9,14 @@ import time
 
 import grpc
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from foveal.proto import rpc
 from foveal.proto.foveal.v1 import foveal_pb2 as pb
 from foveal.proto.grpc.health.v1 import health_pb2
+from foveal.service.models import gabor as gabor_module
 from foveal.service.runner import ServerThread
 from foveal.service.server import MIB, ServerSettings
 
@@ -117,6 +120,17 @@ def drifting_grating(direction_deg: float, wavelength: float, frames: int, size:
     u = x * math.cos(theta) - y * math.sin(theta)
     value = 0.5 + 0.4 * np.cos(2 * math.pi * (u - speed * t) / wavelength)
     return np.repeat((value * 255).round().astype(np.uint8)[..., None], 3, axis=3)
+
+
+def gabor_responses(images: np.ndarray) -> np.ndarray:
+    """The built-in Gabor bank's raw responses z in float64, on (N, H, W, 3) uint8 images or
+    floats in [0, 1], normalised as the default input spec says: `simple` is relu(z), `energy`
+    the norm of each (even, odd) pair."""
+    x = torch.from_numpy(images).double()
+    if images.dtype == np.uint8:
+        x = x / 255
+    bank, _ = gabor_module.filter_bank()
+    return F.conv2d(((x - 0.5) / 0.25).permute(0, 3, 1, 2), bank, stride=4).numpy()
 
 
 def labels(channel_label: str) -> dict[str, str]:

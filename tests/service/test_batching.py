@@ -81,8 +81,10 @@ def test_concurrent_requests_batch_together_and_each_gets_its_own_result():
         assert sorted(v for batch in model.batches for v in batch) == list(range(10, 70, 10))
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{s.metrics_port}/metrics").read()
         text = metrics.decode()
-        assert f'foveal_batch_size_count{{model="probe"}} {float(len(model.batches))}' in text
-        assert 'foveal_batch_size_sum{model="probe"} 6.0' in text
+        batches = float(len(model.batches))
+        assert f'foveal_batch_size_count{{instance="0",model="probe"}} {batches}' in text
+        assert 'foveal_batch_size_sum{instance="0",model="probe"} 6.0' in text
+        assert f'foveal_executions_total{{instance="0",model="probe"}} {batches}' in text
 
 
 def test_one_request_with_several_images_splits_back_in_order():

@@ -68,6 +68,20 @@ def test_a_full_repository_loads(tmp_path):
      "gabor models are analytic and take no weights"),
     ('[[models]]\nname = "a"\nkind = "gabor"\nprecision = "int8"\n', "precision must be one of"),
     ('[[models]]\nname = "a"\nkind = "gabor"\ndevice = "tpu"\n', "device must be auto, cpu"),
+    ('[[models]]\nname = "a"\nkind = "gabor"\ndevices = ["cpu", "cuda:x"]\n',
+     "device must be auto, cpu, cuda or cuda:N, got 'cuda:x'"),
+    ('[[models]]\nname = "a"\nkind = "gabor"\ndevices = []\n',
+     "devices must be a non-empty list"),
+    ('[[models]]\nname = "a"\nkind = "gabor"\ndevices = ["cpu", "cpu"]\n',
+     "devices name ['cpu'] more than once; for several instances on one device set instances"),
+    ('[[models]]\nname = "a"\nkind = "gabor"\ndevice = "cpu"\ndevices = ["cpu"]\n',
+     "give device or devices, not both"),
+    ('[[models]]\nname = "a"\nkind = "gabor"\ninstances = 0\n',
+     "instances must be a positive integer, got 0"),
+    ('[[models]]\nname = "a"\nkind = "gabor"\ninstances = "2"\n',
+     "instances must be a positive integer, got '2'"),
+    ('[[models]]\nname = "a"\nkind = "gabor"\ninstances = 1\ndevices = ["cuda:0", "cuda:1"]\n',
+     "instances (1) must be at least the number of devices (2)"),
     ('[[models]]\nname = "a"\nkind = "gabor"\n[models.input]\nsize = [10]\n',
      "size must be [height, width]"),
     ('[[models]]\nname = "a"\nkind = "gabor"\n[models.input]\nmean = [0.5]\n',
@@ -91,6 +105,40 @@ def test_each_broken_rule_is_named(tmp_path, text, message):
     with pytest.raises(RepositoryError) as caught:
         load_repository(_write(tmp_path, text))
     assert message in str(caught.value) and "models.toml" in str(caught.value)
+
+
+def test_instances_are_placed_round_robin_over_the_devices(tmp_path):
+    one, spread, pinned, default = load_repository(_write(tmp_path, """
+[[models]]
+name = "one"
+kind = "gabor"
+instances = 3
+devices = ["cpu"]
+[[models]]
+name = "spread"
+kind = "gabor"
+instances = 3
+devices = ["cuda:0", "cuda:1"]
+[[models]]
+name = "pinned"
+kind = "gabor"
+device = "cuda:1"
+[[models]]
+name = "default"
+kind = "gabor"
+"""))
+    assert (one.devices, one.instances, one.device) == (("cpu",), 3, "cpu")
+    assert one.instance_devices(("cuda:0",)) == ["cpu"] * 3
+    assert spread.device == "cuda:0"  # the first, for one-instance users (--local)
+    assert spread.instance_devices(("cpu",), 8) == ["cuda:0", "cuda:1", "cuda:0"]
+    assert pinned.instance_devices(("cuda:0", "cuda:1")) == ["cuda:1"]
+    assert pinned.instance_devices(("cpu",), 2) == ["cuda:1", "cuda:1"]
+    # an entry that names no device takes the server's --devices / --instances
+    assert default.instance_devices(("cuda:0", "cuda:1")) == ["cuda:0", "cuda:1"]
+    assert default.instance_devices(("cpu",), 4) == ["cpu"] * 4
+    with pytest.raises(ValueError, match=r"model 'default': 1 instance\(s\) cannot cover 2 "
+                                         r"devices \['cuda:0', 'cuda:1'\]"):
+        default.instance_devices(("cuda:0", "cuda:1"), 1)
 
 
 def test_a_missing_file_is_named(tmp_path):

@@ -6,26 +6,16 @@ import queue
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
-from foveal.service.models import gabor as gabor_module
-from service_helpers import assert_healthy, drifting_grating
+from service_helpers import assert_healthy, drifting_grating, gabor_responses
 
 
 @pytest.fixture(scope="module")
 def client(server):
     with triton.InferenceServerClient(server.address) as c:
         yield c
-
-
-def _gabor_reference(images: np.ndarray) -> np.ndarray:
-    """relu(conv2d) of the analytic bank in float64, on (N, H, W, 3) uint8 images."""
-    bank, _ = gabor_module.filter_bank()
-    x = ((torch.from_numpy(images).double() / 255 - 0.5) / 0.25).permute(0, 3, 1, 2)
-    return F.relu(F.conv2d(x, bank, stride=4)).numpy()
 
 
 def test_server_and_model_metadata(client):
@@ -63,18 +53,24 @@ def test_infer_with_raw_contents_and_as_numpy(client):
                           outputs=[triton.InferRequestedOutput("simple")])
     simple = result.as_numpy("simple")
     assert simple.shape == (3, 96, 6, 6) and simple.dtype == np.float32
-    np.testing.assert_allclose(simple, _gabor_reference(images), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(simple, np.maximum(gabor_responses(images), 0), atol=1e-4,
+                               rtol=1e-4)
     assert result.get_response().id == "req-1"
     after = client.get_inference_statistics("gabor-small").model_stats[0]
     assert after.inference_count == before + 3 and after.execution_count >= 1
 
 
-def test_infer_float32_input_default_outputs_and_fp16(client):
+def test_infer_float32_input_every_output_and_fp16(client):
+    """KServe v2: a request that names no outputs gets all of the model's outputs."""
     pixels = np.random.default_rng(1).random((1, 32, 32, 3), dtype=np.float32)
     tensor = triton.InferInput("images", [1, 32, 32, 3], "FP32")
     tensor.set_data_from_numpy(pixels)
     full = client.infer("gabor-small", [tensor])
-    assert [o.name for o in full.get_response().outputs] == ["simple"]
+    assert [o.name for o in full.get_response().outputs] == ["simple", "energy"]
+    z = gabor_responses(pixels)  # in float64, independent of the server
+    np.testing.assert_allclose(full.as_numpy("simple"), np.maximum(z, 0), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(full.as_numpy("energy"), np.hypot(z[:, 0::2], z[:, 1::2]),
+                               atol=1e-4, rtol=1e-4)
     half = client.infer("gabor-small", [tensor], parameters={"output_datatype": "FP16"})
     assert half.as_numpy("simple").dtype == np.float16
     np.testing.assert_allclose(half.as_numpy("simple").astype(np.float32),
@@ -147,4 +143,5 @@ def test_stream_infer_answers_every_request_and_reports_errors_in_band(client):
     errors = [e for _, e in answers if e is not None]
     assert set(ok) == {"s0", "s1", "s2"}
     assert ok["s1"].as_numpy("simple").shape == (1, 96, 6, 6)
+    assert [o.name for o in ok["s1"].get_response().outputs] == ["simple", "energy"]
     assert len(errors) == 1 and "has 4 channels" in errors[0].message()
