@@ -93,8 +93,21 @@ def _deterministic(enabled: bool) -> Iterator[None]:
         torch.use_deterministic_algorithms(previous)
 
 
-def plan_case(case: Case) -> list[Any]:
-    """The LaunchPlans the op makes for this case on its architecture, from meta tensors."""
+@dataclass
+class PlannedLaunch:
+    """One launch of a case: its kernel, and (config, specialization) per candidate config."""
+
+    kernel: str
+    constexprs: dict[str, Any]
+    candidates: list[tuple[Any, oc.CompileJob]]
+
+
+def plan_case(case: Case) -> list[PlannedLaunch]:
+    """The launches the op makes for this case on its architecture, from meta tensors.
+
+    Specialised inside the planning context, so the autotuners' pruners see the target (its
+    shared memory per block) as they would on that GPU.
+    """
     from foveal.kernels.launch import PlanningTarget, planning
 
     from .harness import as_leaves
@@ -116,7 +129,9 @@ def plan_case(case: Case) -> list[Any]:
                 out = adapter.foveal(case.workload, leaves)
                 wanted = [v for v in leaves.values() if v.requires_grad]
                 torch.autograd.grad(out, wanted, torch.empty_like(out))
-    return plans
+        return [PlannedLaunch(plan.name, dict(plan.constexprs),
+                              oc.specialize(plan.kernel, plan.args, plan.constexprs, arch))
+                for plan in plans]
 
 
 def config_dict(config: Any) -> dict[str, Any]:
@@ -138,20 +153,19 @@ def _plan_all(cases: Sequence[Case], run: CompileRun,
     index: dict[oc.CompileJob, int] = {}
     for case in cases:
         try:
-            plans = plan_case(case)
+            planned = plan_case(case)
         except Exception as err:  # a case that cannot plan is a finding
             run.planning_errors.append((case, f"{type(err).__name__}: {err}"))
             progress(f"planning failed: {case.label}: {err}")
             continue
         launches = []
-        for plan in plans:
+        for launch in planned:
             candidates = []
-            for config, spec in oc.specialize(plan.kernel, plan.args, plan.constexprs,
-                                              oc.ARCHS[case.arch]):
+            for config, spec in launch.candidates:
                 if spec not in index:
                     index[spec] = len(run.jobs)
-                    run.jobs.append(Job(spec, plan.name, config_dict(config),
-                                        dict(plan.constexprs)))
+                    run.jobs.append(Job(spec, launch.kernel, config_dict(config),
+                                        launch.constexprs))
                 run.jobs[index[spec]].dtypes.add(case.dtype)
                 candidates.append(index[spec])
             launches.append(candidates)
