@@ -26,12 +26,13 @@ Tile = tuple[int, int, int, int, int]
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages): shapes that do well for implicit GEMM
 # convolutions on Ampere/Hopper; the pruning below drops those that do not fit a problem.
-# Every one compiles without register spills on sm_90 and sm_80 in fp16, bf16 and fp32 for
-# every benchmark workload (`foveal compilecheck`). Left out for that reason: 128x128x32 on 4
-# warps (its fp32 accumulator alone takes 128 registers a thread), 128x256x32 and 256x128x32
-# on 8 warps (at the 255-register ceiling, spilling in fp32 and in 3-D convolutions); the
-# 8-warp 128x128x32, 256x64 and 64x256 tiles cover the same large problems. 64x16x64 runs on
-# 4 warps: on 2 it spilled where the reduction is flattened over (tap, channel).
+# Every tile a pruner keeps compiles without register spills on sm_90 and sm_80 in fp16, bf16
+# and fp32 for every benchmark workload, with Triton 3.6 and 3.8 (`foveal compilecheck`).
+# Left out for spilling: 128x128x32 on 4 warps (its fp32 accumulator alone takes 128 registers
+# a thread), 128x256x32 and 256x128x32 on 8 warps (at the 255-register ceiling in fp32 and in
+# 3-D convolutions); the 8-warp 128x128x32, 256x64 and 64x256 tiles cover the same large
+# problems. 64x16x64 runs on 4 warps: on 2 it spilled where the reduction is flattened over
+# (tap, channel).
 _GPU_TILES: tuple[Tile, ...] = (
     (128, 128, 64, 8, 3),
     (128, 128, 32, 8, 4),
@@ -43,9 +44,16 @@ _GPU_TILES: tuple[Tile, ...] = (
     (64, 32, 32, 4, 4),
     (32, 64, 32, 4, 4),
     (32, 32, 32, 2, 4),
+    # large tiles with light threads, for the register limits of igemm's pruner (fp32 on
+    # Ampere, flattened reductions)
+    (128, 64, 32, 8, 4),
+    (64, 128, 32, 8, 4),
     # narrow problems: few channels per group (ResNeXt), RGB stems, small weight gradients
     (128, 16, 32, 4, 4),
     (64, 16, 64, 4, 3),
+    (64, 16, 32, 4, 4),
+    (128, 16, 32, 8, 4),
+    (64, 16, 64, 8, 3),
     (16, 16, 64, 2, 3),
     (128, 64, 16, 4, 4),
     (64, 64, 16, 4, 4),

@@ -32,7 +32,7 @@ import triton.language as tl
 
 from .autotune import autotuned, prune_tiles
 from .epilogue import NO_EPILOGUE, Epilogue
-from .launch import launch, upcast_operands
+from .launch import compute_capability, launch, upcast_operands
 from .tensors import needs_int64
 from .tl_helpers import accumulator, epilogue_store, mma, tile_ids, tile_ranges, widen
 
@@ -45,25 +45,35 @@ _KEY = ["ROWS_BUCKET", "LAYOUT", "C_G", "COUT_G", "IN_MUL_D", "IN_MUL_H", "IN_MU
 _KEY_ONLY = ["ROWS_BUCKET", "LAYOUT"]
 
 
-# A flattened (tap, channel) reduction forms a [BLOCK_M, BLOCK_K] tile of addresses and bounds
-# tests each step besides the A tile itself: tiles holding more than this many accumulator plus
-# A elements per thread spill there (e.g. 128x64x32 on 4 warps, 96).
-_FLAT_ELEMENTS_PER_THREAD = 80
+def _light(config, *, a_per_thread: int, acc_per_thread: int, max_block_k: int = 256) -> bool:
+    kw, threads = config.kwargs, 32 * config.num_warps
+    return (kw["BLOCK_M"] * kw["BLOCK_K"] <= a_per_thread * threads
+            and kw["BLOCK_M"] * kw["BLOCK_N"] <= acc_per_thread * threads
+            and kw["BLOCK_K"] <= max_block_k)
 
 
 def _prune(configs, args):
+    """prune_tiles, then two register limits measured with foveal compilecheck (Triton 3.6 and
+    3.8), past which ptxas spills at its 255-register ceiling:
+    - a flattened (tap, channel) reduction builds a tile of addresses and bounds tests beside
+      the A tile each step: at most 16 A and 32 accumulator elements per thread;
+    - fp32 (TF32) operands on Ampere's mma.sync: at most 32 accumulator elements per thread
+      and 32-deep steps.
+    """
     rows = args["BATCH"] * args["J_D"] * args["J_H"] * args["J_W"]
-    if args["TAP_MAJOR"]:
-        return prune_tiles(configs, rows, args["COUT_G"], args["C_G"], args["x_ptr"])
-
-    def light(config) -> bool:
-        kw = config.kwargs
-        per_thread = kw["BLOCK_M"] * (kw["BLOCK_N"] + kw["BLOCK_K"]) // (32 * config.num_warps)
-        return per_thread <= _FLAT_ELEMENTS_PER_THREAD
-
-    kept = prune_tiles(configs, rows, args["COUT_G"], args["C_G"] * args["MAX_TAPS"],
-                       args["x_ptr"])
-    return [c for c in kept if light(c)] or kept
+    x = args["x_ptr"]
+    reduction = args["C_G"] if args["TAP_MAJOR"] else args["C_G"] * args["MAX_TAPS"]
+    kept = prune_tiles(configs, rows, args["COUT_G"], reduction, x)
+    limits = {}
+    if not args["TAP_MAJOR"]:
+        limits = dict(a_per_thread=16, acc_per_thread=32)
+    capability = compute_capability(x.device)
+    if x.element_size() == 4 and capability is not None and capability < 90:
+        limits = dict(a_per_thread=limits.get("a_per_thread", 1 << 30), acc_per_thread=32,
+                      max_block_k=32)
+    if not limits:
+        return kept
+    return [c for c in kept if _light(c, **limits)] or kept
 
 
 @triton.jit

@@ -120,6 +120,17 @@ def multiprocessor_count(device: torch.device) -> int | None:
     return None
 
 
+def compute_capability(device: torch.device) -> int | None:
+    """The GPU's compute capability as 80, 90...; None when no GPU runs `device`'s kernels."""
+    target = planning_target()
+    if target is not None and device.type == "meta":
+        return target.capability
+    if device.type == "cuda" and not INTERPRETED:
+        major, minor = torch.cuda.get_device_capability(device)
+        return major * 10 + minor
+    return None
+
+
 def shared_memory_per_block(device: torch.device) -> int:
     """Bytes of shared memory one block may use on the GPU that runs `device`'s kernels.
 
