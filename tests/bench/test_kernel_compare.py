@@ -98,6 +98,34 @@ def test_rows_say_which_matched_and_which_did_not():
     assert text[3].rstrip().endswith("unmatched: no compile-check figures (yet)")
 
 
+def test_the_phase_compiles_each_loaded_kernel_offline_and_records_every_row(probe, tmp_path):
+    from foveal.bench.gpu_record import Record
+
+    work = tmp_path / "work"
+    work.mkdir()
+    # As a GPU would report it, but with one register: the offline compile must disagree.
+    entry = {**probe["loaded"][0], "registers": 1, "spills": 0, "local_bytes": 0,
+             "seen_in": "selfcheck"}
+    (work / "kernels-selfcheck.json").write_text(json.dumps({"kernels": [entry]}))
+    record = Record(tmp_path / "gpu_check.json", work / "record.lock")
+    record.create({"phases": {}})
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run(
+        [sys.executable, "-m", "foveal.bench.gpu_phases", "kernels", "--record",
+         str(record.path), "--lock", str(record.lock_path), "--work", str(work), "--out",
+         str(tmp_path), "--suite", "smoke", "--stop-at", str(time.time() + 300),
+         "--workers", "1"], env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]  # a difference fails
+    kernels = record.read()["kernels"]
+    assert kernels["summary"] == {"loaded": 1, "differs": 1} and kernels["loaded"] == [entry]
+    [row] = kernels["rows"]
+    assert row["source"] == "compiled here from the same specialization"
+    assert int(row["cpu"]["registers"]) > 1 and row["cpu"]["spill_store_bytes"] == "0"
+    assert row["cpu"]["shared_bytes"] == str(entry["shared_bytes"])
+    assert row["detail"].startswith("registers GPU 1 vs CPU ")
+    assert "differs: registers GPU 1 vs CPU" in done.stdout
+
+
 def test_offline_compiles_stop_when_the_time_is_up(capsys):
     got = []
     kc.compile_offline([_entry()], 1, time.time() - 1, lambda entry, result: got.append(result))
