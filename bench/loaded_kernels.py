@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +124,7 @@ def dump(path: Path, seen_in: str) -> int:
     return len(entries)
 
 
-def merge(paths: list[Path], earlier: list[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+def merge(paths: Sequence[Path], earlier: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
     """The distinct kernels of several dumps (and of an earlier run), first seen first."""
     merged: dict[str, dict[str, Any]] = {}
     for entry in earlier:
