@@ -138,3 +138,12 @@ def test_every_planned_gpu_test_exists():
                           capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert f"{len(GPU_TESTS)} tests collected" in done.stdout
+
+
+def test_bench_readme_shows_the_default_plan():
+    done = _plan_output()
+    heads = [line for line in done.stdout.splitlines() if not line.startswith("    ")
+             and not line.startswith("      ")]
+    readme = (REPO / "bench" / "README.md").read_text()
+    block = readme.split("### The default plan")[1].split("```")[1].strip().splitlines()
+    assert block == heads
