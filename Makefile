@@ -58,10 +58,14 @@ endif
 test: lint compile-gate
 	TRITON_INTERPRET=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
-# On a lent GPU machine (torch and triton preinstalled, no network): GPU tests and benchmarks.
+# On a lent GPU machine (torch and triton preinstalled, no network): the kernels checked,
+# compared with the compile check and timed in priority order inside GPU_CHECK_BUDGET_S
+# (default 480 s); `bash bench/gpu_check.sh --plan` shows the plan. Log and results under $OUT.
+# BENCH_SUITE=smoke runs the same plan on a CPU (Triton's interpreter, timings meaningless).
+GPU_PYTHON := $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
 gpu-check:
-	$(PYTHON) -m pip install --no-deps --no-build-isolation -e .
-	bash bench/gpu_check.sh
+	$(GPU_PYTHON) -m pip install --no-deps --no-build-isolation -e .
+	PYTHON=$(GPU_PYTHON) bash bench/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) .triton-* *.egg-info .pytest_cache .ruff_cache .hypothesis

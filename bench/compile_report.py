@@ -213,6 +213,15 @@ def result_name(triton_version: str, arch: str) -> str:
     return f"triton-{triton_version}_{arch}.json"
 
 
+def kept_result(triton_version: str, arch: str,
+                directory: Path | None = None) -> tuple[Path, dict[str, Any]] | None:
+    """The kept result for this Triton and arch (bench/results/compile/), if there is one."""
+    from .compile_page import RESULTS_DIR
+
+    path = (directory or RESULTS_DIR) / result_name(triton_version, arch)
+    return (path, json.loads(path.read_text())) if path.is_file() else None
+
+
 def write_results(run: CompileRun, directory: Path, settings: dict[str, Any]) -> list[Path]:
     """One file per architecture, named by Triton version and arch (a rerun replaces it)."""
     directory.mkdir(parents=True, exist_ok=True)

@@ -94,6 +94,7 @@ def describe_device(device: torch.device) -> dict[str, Any]:
 
 def environment(device: torch.device) -> dict[str, Any]:
     """Device, versions, date and code identity for a result file."""
+    from foveal.kernels.autotune import MAX_CONFIGS_ENV
     from foveal.kernels.backend import backend_for
     from foveal.kernels.igemm import fp32_convolutions_use_tf32
 
@@ -102,6 +103,8 @@ def environment(device: torch.device) -> dict[str, Any]:
         **describe_device(device),
         "backend": backend_for(device),
         "fp32_uses_tf32": fp32_convolutions_use_tf32(),
+        # configs each autotuned launch may try (make gpu-check caps them); None: all
+        "autotune_max_configs": int(os.environ.get(MAX_CONFIGS_ENV) or 0) or None,
         "torch": torch.__version__,
         "triton": _version("triton"),
         "torchvision": _version("torchvision"),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -82,6 +83,8 @@ class Settings:
         return {"device": str(self.device), "dtypes": list(self.dtypes or []),
                 "forward": self.forward, "backward": self.backward, "compile": self.compile,
                 "compile_mode": self.compile_mode if self.compile else None,
+                "compile_backend": (self.compile_backend if isinstance(self.compile_backend, str)
+                                    else "custom") if self.compile else None,
                 "max_input_sets": self.max_input_sets, "max_minutes": self.max_minutes,
                 "seed": self.seed, "label": self.label,
                 "tolerances": dict(self.tolerances or TOLERANCE)}
@@ -325,7 +328,23 @@ class _Runner:
 ProgressFn = Callable[[int, int, CaseResult], None]
 
 
-def plan(workloads: Sequence[Workload], settings: Settings) -> list[tuple[Workload, str, str]]:
+def print_progress(index: int, total: int, case: CaseResult) -> None:
+    """A progress line per finished case on stderr: each variant's median time (marked * when
+    not meaningful: the CPU interpreter) or its status."""
+    parts = []
+    for name, v in case.variants.items():
+        shown = (f"{v.timing.median_ms:.4g} ms" + ("" if v.timing.meaningful else "*")
+                 if v.timing else v.status)
+        parts.append(f"{name} {shown}")
+    print(f"[{index + 1}/{total}] {case.workload.name} {case.dtype} {case.direction}: "
+          + (", ".join(parts) or case.message), file=sys.stderr, flush=True)
+
+
+CheckpointFn = Callable[["BenchReport"], None]
+Case = tuple[Workload, str, str]  # (workload, dtype, direction)
+
+
+def plan(workloads: Sequence[Workload], settings: Settings) -> list[Case]:
     """The (workload, dtype, direction) cases of a run: every forward case first, so a time
     budget that runs out cuts backward cases before any forward one."""
     directions = [d for d, on in (("forward", settings.forward),
@@ -347,23 +366,32 @@ def check_workloads(workloads: Sequence[Workload],
 def run_benchmark(workloads: Sequence[Workload], settings: Settings, *,
                   adapters: Mapping[str, OpAdapter] = ADAPTERS, timer: Timer | None = None,
                   progress: ProgressFn | None = None,
-                  environment: dict[str, Any] | None = None) -> BenchReport:
-    """Measure the device's ceilings, then check and time every case."""
+                  environment: dict[str, Any] | None = None,
+                  cases: Sequence[Case] | None = None,
+                  checkpoint: CheckpointFn | None = None) -> BenchReport:
+    """Measure the device's ceilings, then check and time every case.
+
+    `cases` (of `workloads`) replaces the cases `plan` makes of them (e.g. a resumed run leaves
+    out what an earlier one measured). `checkpoint` receives the report so far after every case
+    that ran and after the last one, so a run killed at a time limit has already handed over
+    everything it measured.
+    """
     from foveal.kernels.backend import backend_for
 
     from .environment import environment as describe
 
     check_workloads(workloads, adapters)
+    cases = list(cases) if cases is not None else plan(workloads, settings)
     if backend_for(settings.device) == "torch":
         raise ValueError("the backend preference is 'torch' (FOVEAL_BACKEND or set_backend): "
                          "the benchmark would time PyTorch against itself")
     timer = timer or default_timer(settings.device)
-    cases = plan(workloads, settings)
     ceilings = measure_ceilings(settings.device, sorted({d for _, d, _ in cases}), timer)
     deadline = (time.monotonic() + 60 * settings.max_minutes
                 if settings.max_minutes is not None else None)
     runner = _Runner(settings, adapters, timer)
-    results = []
+    results: list[CaseResult] = []
+    report = BenchReport(environment or describe(settings.device), ceilings, settings, results)
     for index, (workload, dtype, direction) in enumerate(cases):
         skip = None
         if runner.interrupted:
@@ -381,7 +409,9 @@ def run_benchmark(workloads: Sequence[Workload], settings: Settings, *,
             cost = adapter.cost(workload, getattr(torch, dtype), direction == "backward")
             case = CaseResult(workload, dtype, direction, cost.flops, cost.bytes, message=skip)
         results.append(case)
+        report.interrupted = runner.interrupted
+        if checkpoint and (skip is None or index == len(cases) - 1):
+            checkpoint(report)
         if progress:
             progress(index, len(cases), case)
-    return BenchReport(environment or describe(settings.device), ceilings, settings, results,
-                       interrupted=runner.interrupted)
+    return report

@@ -36,6 +36,7 @@ from .harness import (
     FOVEAL,
     PYTORCH,
     BenchReport,
+    Case,
     ProgressFn,
     Settings,
     SkipVariant,
@@ -374,13 +375,25 @@ def model_settings(device: torch.device, **kwargs: Any) -> Settings:
 def run_model_benchmark(models: Sequence[Workload], settings: Settings, *,
                         timer: Timer | None = None, progress: ProgressFn | None = None,
                         optimize: Optimizer | None = None,
-                        environment: dict[str, Any] | None = None) -> ModelRun:
-    """Check, then time, each network: foveal (optimize()), PyTorch eager, torch.compile."""
+                        environment: dict[str, Any] | None = None,
+                        cases: Sequence[Case] | None = None,
+                        on_document: Callable[[dict[str, Any]], None] | None = None) -> ModelRun:
+    """Check, then time, each network: foveal (optimize()), PyTorch eager, torch.compile.
+
+    `cases` and the checkpoints are the harness's (`run_benchmark`); `on_document` receives
+    the result JSON so far after each network.
+    """
     if settings.backward:
         raise ValueError("the model benchmark times inference: backward is not supported")
     adapter = ModelAdapter(settings, compile_skip=compile_skip_reason(settings),
                            optimize=optimize)
+
+    def checkpoint(report: BenchReport) -> None:
+        if on_document is not None:
+            on_document(ModelRun(report, dict(adapter.optimized)).to_json())
+
     report = run_benchmark(models, settings, adapters={MODEL_OP: adapter}, timer=timer,
-                           progress=progress, environment=environment)
+                           progress=progress, environment=environment, cases=cases,
+                           checkpoint=checkpoint)
     adapter.release()
     return ModelRun(report, dict(adapter.optimized))

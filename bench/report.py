@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -122,9 +123,13 @@ def to_json(report: BenchReport) -> dict[str, Any]:
 
 
 def write_json(document: dict[str, Any], path: str | Path) -> Path:
+    """Write `document` whole or not at all (a temporary file renamed over `path`), so a run
+    killed while writing leaves the previous complete version."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(document, indent=1, allow_nan=False) + "\n")
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(document, indent=1, allow_nan=False) + "\n")
+    os.replace(partial, path)
     return path
 
 

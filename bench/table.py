@@ -158,6 +158,10 @@ def _grouped(reasons: dict[str, list[str]]) -> list[str]:
 def notes(document: dict[str, Any]) -> list[str]:
     """Lines under the table: summary, failures, and the CPU warning."""
     lines = [ceilings_line(document)]
+    cap = document["environment"].get("autotune_max_configs")
+    if cap:
+        lines.append(f"autotuning capped at {cap} config(s) per launch (make gpu-check's "
+                     "time budget): a full tuning may pick faster ones")
     models = document.get("kind") == MODELS_KIND
     for baseline, groups in document["summary"]["speedup"].items():
         if models:  # the model table shows foveal/baseline: the summary says the same

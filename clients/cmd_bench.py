@@ -99,15 +99,6 @@ def _run_options(p: argparse.ArgumentParser, *, label: str, warmup_ms: int,
     p.add_argument("--plain", action="store_true", help="plain-text table even if rich exists")
 
 
-def _progress(index: int, total: int, case) -> None:
-    parts = []
-    for name, v in case.variants.items():
-        shown = f"{v.timing.median_ms:.4g} ms" if v.timing else v.status
-        parts.append(f"{name} {shown}")
-    print(f"[{index + 1}/{total}] {case.workload.name} {case.dtype} {case.direction}: "
-          + (", ".join(parts) or case.message), file=sys.stderr, flush=True)
-
-
 def _fail(message: str, command: str = "bench") -> SystemExit:
     return SystemExit(f"foveal {command}: {message}")
 
@@ -183,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _check_run_options(args, device, "bench")
 
-    from foveal.bench.harness import Settings, run_benchmark
+    from foveal.bench.harness import Settings, print_progress, run_benchmark
     from foveal.bench.report import to_json
 
     settings = Settings(device=device, dtypes=tuple(args.dtype) if args.dtype else None,
@@ -194,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
     from foveal.bench.device import default_timer
 
     try:
-        report = run_benchmark(chosen, settings, progress=_progress,
+        report = run_benchmark(chosen, settings, progress=print_progress,
                                timer=default_timer(device, args.warmup_ms, args.rep_ms))
     except (wl.WorkloadError, ValueError) as err:
         raise _fail(str(err)) from None
@@ -223,12 +214,13 @@ def run_models(args: argparse.Namespace) -> int:
     _check_run_options(args, device, command)
 
     from foveal.bench.device import default_timer
+    from foveal.bench.harness import print_progress
 
     settings = bm.model_settings(device, dtypes=tuple(args.dtype) if args.dtype else None,
                                  compile=not args.no_compile, compile_mode=args.compile_mode,
                                  max_minutes=args.max_minutes, label=args.label)
     try:
-        run = bm.run_model_benchmark(chosen, settings, progress=_progress,
+        run = bm.run_model_benchmark(chosen, settings, progress=print_progress,
                                      timer=default_timer(device, args.warmup_ms, args.rep_ms))
     except (WorkloadError, ValueError) as err:
         raise _fail(str(err), command) from None

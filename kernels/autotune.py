@@ -14,6 +14,7 @@ repeat slow CPU runs, so a single mid-sized config is used.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 
 import torch
@@ -131,6 +132,23 @@ def prune_tiles(configs: Sequence[triton.Config], m: int, n: int, k: int,
     return [min(configs, key=lambda c: math.prod(c.kwargs[name] for name in blocks))]
 
 
+# At most this many configs per autotuned launch when set to N > 0 (`make gpu-check` sets it:
+# on a short GPU lease each config tried costs a compile). Applied after a kernel's own
+# pruning, it keeps the first N that pruning kept: every config list is ordered most suitable
+# first (the large, general-purpose tiles before the narrow ones for narrow problems).
+MAX_CONFIGS_ENV = "FOVEAL_AUTOTUNE_MAX_CONFIGS"
+
+
+def cap_configs(configs: list[triton.Config]) -> list[triton.Config]:
+    """The first `FOVEAL_AUTOTUNE_MAX_CONFIGS` of `configs` (all of them when unset or 0)."""
+    text = os.environ.get(MAX_CONFIGS_ENV, "").strip()
+    if not text:
+        return configs
+    if not text.isdigit():
+        raise ValueError(f"{MAX_CONFIGS_ENV} must be a whole number of configs, got {text!r}")
+    return configs[:int(text)] if int(text) else configs
+
+
 def autotuned(key: Sequence[str], prune: Callable[..., list[triton.Config]],
               configs: Sequence[triton.Config] | None = None,
               reset_to_zero: Sequence[str] = ()):
@@ -138,14 +156,15 @@ def autotuned(key: Sequence[str], prune: Callable[..., list[triton.Config]],
 
     `prune(configs, args)` receives every launch argument by name: Triton passes positional
     arguments as `named_args` and keyword ones (the constexprs) separately, and runs the
-    pruner only when there is more than one config (so only on a GPU).
+    pruner only when there is more than one config (so only on a GPU), and what it keeps is
+    capped by `cap_configs`.
     Kernels whose blocks are not (BLOCK_M, BLOCK_N, BLOCK_K) pass their own `configs`; a
     pruner that returns exactly one config skips benchmarking. `reset_to_zero` names the output
     buffers a kernel accumulates into (atomics): the tuner zeroes them before each trial run and
     after the last, so the real launch starts from zeros.
     """
     def early_prune(configs, named_args, **kwargs):
-        return prune(configs, {**named_args, **kwargs})
+        return cap_configs(prune(configs, {**named_args, **kwargs}))
 
     chosen = tile_configs() if configs is None else list(configs)
     return triton.autotune(configs=chosen, key=list(key),

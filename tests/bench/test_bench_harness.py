@@ -291,3 +291,22 @@ def test_relative_error():
     assert relative_error(torch.tensor([3.0, 4.5]), ref) == pytest.approx(0.1)
     assert relative_error(torch.tensor([3.0, float("nan")]), ref) == float("inf")
     assert relative_error(torch.tensor([3.0]), ref) == float("inf")
+
+
+def test_explicit_cases_run_and_each_is_handed_over_as_it_finishes(smoke_workloads):
+    chosen = _one(smoke_workloads, "smoke.conv1d")
+    seen = []
+    report = run_benchmark(chosen, _settings(), cases=[(chosen[0], "float32", "backward"),
+                                                       (chosen[0], "float32", "forward")],
+                           checkpoint=lambda r: seen.append(
+                               [(c.direction, c.status) for c in r.cases]))
+    assert [c.direction for c in report.cases] == ["backward", "forward"]
+    assert seen == [[("backward", "ok")], [("backward", "ok"), ("forward", "ok")]]
+    assert seen[-1] == [(c.direction, c.status) for c in report.cases]
+
+
+def test_cases_skipped_by_the_time_budget_are_handed_over_once_at_the_end(smoke_workloads):
+    seen = []
+    report = run_benchmark(smoke_workloads[:3], _settings(max_minutes=0),
+                           checkpoint=lambda r: seen.append(len(r.cases)))
+    assert seen == [3] and [c.status for c in report.cases] == ["skipped"] * 3

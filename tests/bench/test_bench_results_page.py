@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import json
 
+import pytest
+
 from foveal.bench import results_page
 from foveal.bench.report import write_json
 
@@ -65,16 +67,59 @@ def test_page_shows_the_measured_table(tmp_path, small_document):
     assert results_page.main(check) == 1
 
 
-def test_latest_run_per_device_and_label(tmp_path, small_document):
+def test_every_kept_run_newest_first(tmp_path, small_document):
     old = _as_gpu_run(small_document, date="2026-01-01T00:00:00+00:00")
     new = _as_gpu_run(small_document, date="2026-02-01T00:00:00+00:00")
     compiled = _as_gpu_run(small_document, date="2026-01-15T00:00:00+00:00", label="compile")
     other = _as_gpu_run(small_document, device="Other GPU", date="2025-12-01T00:00:00+00:00")
     readme, _ = _generate(tmp_path, new, old, compiled, other)
     headings = [line for line in _section(readme).splitlines() if line.startswith("### ")]
-    assert headings == ["### Other GPU: bench, 2025-12-01T00:00:00+00:00",
+    assert headings == ["### Headline: the newest measurement of each row",
                         "### Test GPU 80GB: bench, 2026-02-01T00:00:00+00:00",
-                        "### Test GPU 80GB: compile, 2026-01-15T00:00:00+00:00"]
+                        "### Test GPU 80GB: compile, 2026-01-15T00:00:00+00:00",
+                        "### Test GPU 80GB: bench, 2026-01-01T00:00:00+00:00",
+                        "### Other GPU: bench, 2025-12-01T00:00:00+00:00"]
+
+
+def test_headline_table_takes_each_row_from_the_newest_run_that_measured_it(tmp_path,
+                                                                            small_document):
+    old = _as_gpu_run(small_document, date="2026-01-01T00:00:00+00:00")
+    new = _as_gpu_run(small_document, date="2026-02-01T00:00:00+00:00", device="New GPU")
+    for row in new["results"]:
+        row["variants"]["foveal"]["time_ms"] *= 2
+    readme, _ = _generate(tmp_path, old, new)
+    table = _section(readme).split("### Headline: the newest measurement of each row")[1]
+    table = table.split("###")[0]
+    [grouped] = [r for r in new["results"] if r["workload"] == "smoke.conv2d.grouped"]
+    foveal = grouped["variants"]["foveal"]
+    cudnn = grouped["variants"]["pytorch"]["time_ms"]
+    line = next(line for line in table.splitlines() if line.startswith("| ResNeXt-50"))
+    assert line == (f"| ResNeXt-50 grouped 3x3 (g=32) | smoke.conv2d.grouped | float32 | "
+                    f"{foveal['time_ms']:.4g} | cuDNN | {cudnn:.4g} | "
+                    f"{cudnn / foveal['time_ms']:.3g}x | "
+                    f"{100 * foveal['fraction_of_roofline']:.0f}% | New GPU | 2026-02-01, "
+                    f"`run1.json` |")
+    assert "| ResNet-50 3x3 | resnet50.layer1.0.conv2 | float16 | - | cuDNN | - | - | - | - | "\
+        "not measured yet |" in table
+
+
+def test_a_row_over_several_directions_adds_their_times():
+    from foveal.bench.headline import ROWS, measure_row
+
+    row = next(r for r in ROWS if r.directions == ("forward", "backward"))
+
+    def result(direction, ours, theirs, roofline):
+        return {"workload": row.workload, "dtype": "float16", "direction": direction,
+                "layout": "channels_last",
+                "variants": {"foveal": {"time_ms": ours, "fraction_of_roofline": roofline},
+                             "pytorch": {"time_ms": theirs}}}
+
+    figures = measure_row(row, {"results": [result("forward", 2.0, 4.0, 0.5),
+                                            result("backward", 3.0, 6.0, 0.2)]})
+    assert figures["foveal_ms"] == 5.0 and figures["baseline_ms"] == 10.0
+    assert figures["speedup"] == 2.0 and figures["baseline"] == "torchvision"
+    assert figures["fraction_of_roofline"] == pytest.approx((2 * 0.5 + 3 * 0.2) / 5)
+    assert measure_row(row, {"results": [result("forward", 2.0, 4.0, 0.5)]}) is None
 
 
 def test_cpu_runs_are_left_out(tmp_path, small_document):
