@@ -72,16 +72,16 @@ class FusedOp:
         return [d.split()[-1] for d in self.tensors].index("residual")
 
 
-def register(op: FusedOp) -> tuple[object, object]:
+def register(op: FusedOp) -> tuple[torch._ops.OpOverload, torch._ops.OpOverload]:
     """Define NAME and NAME_backward with op's implementations and autograd between them."""
     n = len(op.tensors)
     options = ", ".join(op.options)
     tensors = ", ".join(op.tensors)
-    forward = library.custom_op(
+    forward = library.define_op(
         op.name, f"({tensors}, {options}, str? activation, float negative_slope, "
                  "bool needs_grad) -> (Tensor, Tensor)",
         _real_forward(op), _fake_forward(op))
-    backward = library.custom_op(
+    backward = library.define_op(
         f"{op.name}_backward", f"(Tensor grad, {tensors}, Tensor saved, {options}, "
                                "str? activation, float negative_slope, bool[] output_mask) "
                                "-> Tensor[]",
@@ -112,7 +112,8 @@ def register(op: FusedOp) -> tuple[object, object]:
             result[op.residual] = grad
         return (*result, *[None] * (len(op.options) + 3))
 
-    forward.register_autograd(grad_formula, setup_context=setup_context)
+    torch.library.register_autograd(f"{library.NAMESPACE}::{op.name}", grad_formula,
+                                    setup_context=setup_context, lib=library.LIBRARY)
     return forward, backward
 
 

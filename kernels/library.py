@@ -22,20 +22,23 @@ from torch.utils._python_dispatch import TorchDispatchMode
 NAMESPACE = "foveal"
 
 _real: dict[str, Callable[..., Any]] = {}
-_library = torch.library.Library(NAMESPACE, "FRAGMENT")
+LIBRARY = torch.library.Library(NAMESPACE, "FRAGMENT")
 
 
-def custom_op(name: str, schema: str, real: Callable[..., Any],
-              fake: Callable[..., Any]) -> Any:
+def define_op(name: str, schema: str, real: Callable[..., Any],
+              fake: Callable[..., Any]) -> torch._ops.OpOverload:
     """Define `foveal::name` with `schema` (written without the name), run by `real`.
 
     `fake` gives the outputs' shapes, dtypes and strides from the arguments alone; the real
-    implementation must produce exactly those (opcheck compares them).
+    implementation must produce exactly those (opcheck compares them). Registered with
+    torch.library's define/impl rather than `torch.library.custom_op`, whose implementations
+    import torch._dynamo on their first call: a plain call of a foveal op stays a plain call.
     """
-    op = torch.library.custom_op(f"{NAMESPACE}::{name}", real, mutates_args=(), schema=schema)
-    op.register_fake(fake)
+    LIBRARY.define(f"{name}{schema}")
+    LIBRARY.impl(name, real, "CompositeExplicitAutograd")
+    torch.library.register_fake(f"{NAMESPACE}::{name}", fake, lib=LIBRARY)
     _real[f"{NAMESPACE}::{name}"] = real
-    return op
+    return getattr(torch.ops.foveal, name).default
 
 
 def composite_op(name: str, schema: str, implementation: Callable[..., Any]) -> Any:
@@ -43,8 +46,8 @@ def composite_op(name: str, schema: str, implementation: Callable[..., Any]) -> 
 
     Autograd, fake tensors and compilers see through it to the ops it calls.
     """
-    _library.define(f"{name}{schema}")
-    _library.impl(name, implementation, "CompositeImplicitAutograd")
+    LIBRARY.define(f"{name}{schema}")
+    LIBRARY.impl(name, implementation, "CompositeImplicitAutograd")
     return getattr(torch.ops.foveal, name).default
 
 
