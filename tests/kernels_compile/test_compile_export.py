@@ -187,3 +187,20 @@ def test_patched_resnet18_compiles_and_exports(training):
             program = _export(model, x)
             assert _foveal_ops(program) == {"foveal.conv2d.default"}
             torch.testing.assert_close(program.module()(x), model(x))
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_inductor_trains_and_export_runs_the_foveal_model():
+    x = torch.randn(4, 3, 16, 16, dtype=torch.float64, device="cuda", requires_grad=True)
+    expected = _gradients(foveal_net().cuda(), x)
+    compiled, counter = _counted(foveal_net().cuda(), "inductor")
+    got = _gradients(compiled, x)
+    assert counter.frame_count == 1
+    for value, want in zip(got, expected, strict=True):
+        torch.testing.assert_close(value, want)
+    model = foveal_net().cuda().eval()
+    program = _export(model, x.detach())
+    with torch.no_grad():
+        for size in (1, 64):
+            batch = torch.randn(size, 3, 16, 16, dtype=torch.float64, device="cuda")
+            torch.testing.assert_close(program.module()(batch), model(batch))
