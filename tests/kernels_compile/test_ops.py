@@ -106,3 +106,11 @@ def test_torch_backend_runs_the_operators_forward_and_backward(case):
     torch.testing.assert_close(out, expected)
     for grad, want in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(grad, want)
+
+
+def test_differentiating_a_call_made_without_needs_grad_is_refused_when_it_would_be_wrong():
+    x, w = _double(1, 2, 4, 4), _double(3, 2, 3, 3)
+    with pytest.raises(RuntimeError, match=r"foveal::conv2d with activation 'silu' needs "
+                                           r"needs_grad=True"):
+        torch.ops.foveal.conv2d(x, w, None, None, [1, 1], [1, 1], [1, 1], 1, False, "silu", 0.0,
+                                False)
