@@ -93,8 +93,21 @@ def _deterministic(enabled: bool) -> Iterator[None]:
         torch.use_deterministic_algorithms(previous)
 
 
-def plan_case(case: Case) -> list[Any]:
-    """The LaunchPlans the op makes for this case on its architecture, from meta tensors."""
+@dataclass
+class PlannedLaunch:
+    """One launch of a case: its kernel, and (config, specialization) per candidate config."""
+
+    kernel: str
+    constexprs: dict[str, Any]
+    candidates: list[tuple[Any, oc.CompileJob]]
+
+
+def plan_case(case: Case) -> list[PlannedLaunch]:
+    """The launches the op makes for this case on its architecture, from meta tensors.
+
+    Specialised inside the planning context, so the autotuners' pruners see the target (its
+    shared memory per block) as they would on that GPU.
+    """
     from foveal.kernels.launch import PlanningTarget, planning
 
     from .harness import as_leaves
@@ -116,7 +129,9 @@ def plan_case(case: Case) -> list[Any]:
                 out = adapter.foveal(case.workload, leaves)
                 wanted = [v for v in leaves.values() if v.requires_grad]
                 torch.autograd.grad(out, wanted, torch.empty_like(out))
-    return plans
+        return [PlannedLaunch(plan.name, dict(plan.constexprs),
+                              oc.specialize(plan.kernel, plan.args, plan.constexprs, arch))
+                for plan in plans]
 
 
 def config_dict(config: Any) -> dict[str, Any]:
@@ -130,32 +145,6 @@ def cases_for(workloads: Sequence[Workload], dtypes: Sequence[str], archs: Seque
               modes: Sequence[str] = MODES) -> list[Case]:
     return [Case(w, dtype, mode, arch) for arch in archs for w in workloads for dtype in dtypes
             for mode in modes]
-
-
-def _plan_all(cases: Sequence[Case], run: CompileRun,
-              progress: Callable[[str], None]) -> None:
-    """Plan and specialise every case; fills run.jobs (distinct) and run.cases."""
-    index: dict[oc.CompileJob, int] = {}
-    for case in cases:
-        try:
-            plans = plan_case(case)
-        except Exception as err:  # a case that cannot plan is a finding
-            run.planning_errors.append((case, f"{type(err).__name__}: {err}"))
-            progress(f"planning failed: {case.label}: {err}")
-            continue
-        launches = []
-        for plan in plans:
-            candidates = []
-            for config, spec in oc.specialize(plan.kernel, plan.args, plan.constexprs,
-                                              oc.ARCHS[case.arch]):
-                if spec not in index:
-                    index[spec] = len(run.jobs)
-                    run.jobs.append(Job(spec, plan.name, config_dict(config),
-                                        dict(plan.constexprs)))
-                run.jobs[index[spec]].dtypes.add(case.dtype)
-                candidates.append(index[spec])
-            launches.append(candidates)
-        run.cases.append((case, launches))
 
 
 def _cache_dir() -> Path:
@@ -172,43 +161,40 @@ def _cache_key(job: oc.CompileJob, triton_version: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _compile_all(run: CompileRun, workers: int, use_cache: bool,
-                 progress: Callable[[str], None]) -> None:
-    """Fill each job's result: cached where valid, the rest compiled in `workers` processes."""
-    keys = [_cache_key(job.spec, run.triton) for job in run.jobs]
-    cache = _cache_dir()
-    todo = []
-    for i, key in enumerate(keys):
-        path = cache / f"{key}.json"
-        if use_cache and path.is_file():
-            run.jobs[i].result = oc.Compiled(**json.loads(path.read_text()))
-        else:
-            todo.append(i)
-    progress(f"{len(run.jobs)} distinct kernels: {len(run.jobs) - len(todo)} cached, "
-             f"{len(todo)} to compile with {workers} process(es)")
-    if not todo:
-        return
-    cache.mkdir(parents=True, exist_ok=True)
-    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch
-    done = 0
-    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = {pool.submit(oc.compile_job, run.jobs[i].spec): i for i in todo}
-        for future in concurrent.futures.as_completed(futures):
-            i = futures[future]
-            result = future.result()
-            run.jobs[i].result = result
-            if result.error is None:
-                (cache / f"{keys[i]}.json").write_text(json.dumps(result.to_json()))
-            done += 1
-            if done % 50 == 0 or done == len(todo):
-                progress(f"compiled {done}/{len(todo)}")
+Planned = list[tuple[str, dict[str, Any], list[tuple[dict[str, Any], oc.CompileJob]]]]
+
+
+def _plan_in_worker(case: Case) -> Planned | str:
+    """Plan one case in a worker process: each launch's kernel, constexprs and candidates
+    (configs as plain data, so the result pickles), or the error that stopped it."""
+    try:
+        return [(launch.kernel, launch.constexprs,
+                 [(config_dict(config), spec) for config, spec in launch.candidates])
+                for launch in plan_case(case)]
+    except Exception as err:  # a case that cannot plan is a finding, not a crash
+        return f"{type(err).__name__}: {err}"
+
+
+def _cached(key: str) -> oc.Compiled | None:
+    path = _cache_dir() / f"{key}.json"
+    return oc.Compiled(**json.loads(path.read_text())) if path.is_file() else None
+
+
+def _store(key: str, result: oc.Compiled) -> None:
+    if result.error is None:  # a failure is compiled again next time, with its message
+        _cache_dir().mkdir(parents=True, exist_ok=True)
+        (_cache_dir() / f"{key}.json").write_text(json.dumps(result.to_json()))
 
 
 def run_check(workloads: Sequence[Workload], *, dtypes: Sequence[str] = DEFAULT_DTYPES,
               archs: Sequence[str] = tuple(oc.ARCHS), modes: Sequence[str] = MODES,
               workers: int | None = None, use_cache: bool = True,
               progress: Callable[[str], None] = lambda _: None) -> CompileRun:
-    """Plan, specialise and compile every case of `workloads`."""
+    """Plan, specialise and compile every case of `workloads` in `workers` processes.
+
+    Cases are planned in parallel, then each distinct specialization is compiled once (or
+    read from the cache); jobs are numbered in case order, so results are reproducible.
+    """
     import triton
 
     for arch in archs:
@@ -217,9 +203,49 @@ def run_check(workloads: Sequence[Workload], *, dtypes: Sequence[str] = DEFAULT_
     start = time.perf_counter()
     run = CompileRun(archs=list(archs), triton=triton.__version__)
     cases = cases_for(workloads, dtypes, archs, modes)
+    workers = workers or os.cpu_count() or 1
     progress(f"planning {len(cases)} cases ({len(workloads)} workloads x {len(dtypes)} dtypes "
-             f"x {len(modes)} modes x {len(archs)} archs)")
-    _plan_all(cases, run, progress)
-    _compile_all(run, workers or os.cpu_count() or 1, use_cache, progress)
+             f"x {len(modes)} modes x {len(archs)} archs) in {workers} process(es)")
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        planned = list(pool.map(_plan_in_worker, cases, chunksize=8))
+        todo = _index_jobs(run, cases, planned, use_cache)
+        progress(f"{len(run.jobs)} distinct kernels: {len(run.jobs) - len(todo)} cached, "
+                 f"{len(todo)} to compile")
+        futures = {pool.submit(oc.compile_job, run.jobs[i].spec): (i, key) for i, key in todo}
+        for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
+            i, key = futures[future]
+            run.jobs[i].result = future.result()
+            _store(key, run.jobs[i].result)
+            if done % 50 == 0 or done == len(futures):
+                progress(f"compiled {done}/{len(futures)}")
     run.seconds = time.perf_counter() - start
     return run
+
+
+def _index_jobs(run: CompileRun, cases: Sequence[Case], planned: Sequence[Planned | str],
+                use_cache: bool) -> list[tuple[int, str]]:
+    """Number the distinct specializations in case order, record which case launches which,
+    take cached results; returns (job index, cache key) of the jobs left to compile."""
+    index: dict[oc.CompileJob, int] = {}
+    todo = []
+    for case, result in zip(cases, planned, strict=True):
+        if isinstance(result, str):
+            run.planning_errors.append((case, result))
+            continue
+        launches = []
+        for kernel, constexprs, candidates in result:
+            for config, spec in candidates:
+                if spec not in index:
+                    index[spec] = len(run.jobs)
+                    run.jobs.append(Job(spec, kernel, config, constexprs))
+                    key = _cache_key(spec, run.triton)
+                    cached = _cached(key) if use_cache else None
+                    if cached is None:
+                        todo.append((index[spec], key))
+                    else:
+                        run.jobs[-1].result = cached
+                run.jobs[index[spec]].dtypes.add(case.dtype)
+            launches.append([index[spec] for _, spec in candidates])
+        run.cases.append((case, launches))
+    return todo

@@ -9,6 +9,7 @@ touches this file. Workloads come in suites: "full" holds the real shapes timed 
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -56,11 +57,21 @@ class Workload:
     def __post_init__(self) -> None:
         object.__setattr__(self, "args", MappingProxyType(dict(self.args)))
 
+    def __reduce__(self):
+        """Pickle through a plain dict (a mappingproxy does not pickle): workloads travel to
+        worker processes."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return (_workload_from_fields, ({**fields, "args": dict(self.args)},))
+
     def describe(self) -> dict[str, Any]:
         """The workload as plain data, for JSON."""
         return {"name": self.name, "model": self.model, "op": self.op, "batch": self.batch,
                 "layout": self.layout, "suite": self.suite, "tags": list(self.tags),
                 "source": self.source, "args": dict(self.args)}
+
+
+def _workload_from_fields(fields: dict[str, Any]) -> Workload:
+    return Workload(**fields)
 
 
 def _where(index: int, entry: Mapping[str, Any]) -> str:

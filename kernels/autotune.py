@@ -13,6 +13,7 @@ repeat slow CPU runs, so a single mid-sized config is used.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -52,10 +53,25 @@ _GPU_TILES: tuple[Tile, ...] = (
 _INTERPRETER_TILE: Tile = (64, 32, 32, 4, 1)
 
 
-def _config(tile: tuple[int, int, int, int, int]) -> triton.Config:
+_REGISTER_FILE = 65536  # 32-bit registers per SM on Ampere and Hopper
+_MAX_REGISTERS = 255  # per thread
+
+
+def make_config(blocks: dict[str, int], num_warps: int, num_stages: int) -> triton.Config:
+    """A config with an explicit register budget: what one block of `num_warps` may hold.
+
+    Without one, ptxas 13 (Triton 3.8) trades a few spills for occupancy on its own (seen: 80
+    registers and 24 bytes spilled where 103 registers need none); with one it spills only when
+    the code needs more than the budget. Every foveal config comes from here.
+    """
+    budget = min(_MAX_REGISTERS, _REGISTER_FILE // (32 * num_warps))
+    return triton.Config(dict(blocks), num_warps=num_warps, num_stages=num_stages,
+                         maxnreg=budget)
+
+
+def _config(tile: Tile) -> triton.Config:
     m, n, k, warps, stages = tile
-    return triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=warps,
-                         num_stages=stages)
+    return make_config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, warps, stages)
 
 
 def tile_configs(tiles: tuple[Tile, ...] = _GPU_TILES,
@@ -72,36 +88,39 @@ def _fits(limit: int) -> int:
 # Smallest row, column and reduction blocks worth trying where the problem is at least that
 # large: narrower tiles only multiply programs, reload operands and shorten the pipelined
 # steps (the narrow tiles are for narrow problems).
-_MIN_USEFUL_M = 64
-_MIN_USEFUL_N = 32
-_MIN_USEFUL_K = 32
+_NARROWEST = (64, 32, 32)
+_BLOCKS = ("BLOCK_M", "BLOCK_N", "BLOCK_K")
+# For curated tile lists, which hold only tiles meant for their kernel: no narrowing.
+ANY_WIDTH = (16, 16, 16)
 
 
 def prune_tiles(configs: Sequence[triton.Config], m: int, n: int, k: int,
-                operand: torch.Tensor) -> list[triton.Config]:
-    """Keep the tiles that suit the problem's M, N, K extents and fit shared memory.
+                operand: torch.Tensor, *, blocks: tuple[str, str, str] = _BLOCKS,
+                narrowest: tuple[int, int, int] = _NARROWEST) -> list[triton.Config]:
+    """Keep the tiles that suit the problem's M (rows), N (columns) and K (reduction) extents
+    and fit shared memory.
 
-    A tile is dropped when it is larger than an extent (past its power of two), narrower than
-    `_MIN_USEFUL_M`/`_N`/`_K` along an extent that is not, or when the software
-    pipeline's shared memory (num_stages copies of the A and B tiles of `operand`'s element
-    size) passes the limit per block of the GPU that runs `operand`'s kernels (A100: 163 KiB,
-    H100: 227 KiB). Fewer candidates also mean less autotuning time on the GPU.
+    `blocks` names the config's row, column and reduction blocks. A tile is dropped when it is
+    larger than an extent (past its power of two), narrower than `narrowest` along an extent
+    that is not, or when the software pipeline's shared memory (num_stages copies of the A and
+    B tiles of `operand`'s element size) passes the limit per block of the GPU that runs
+    `operand`'s kernels (A100: 163 KiB, H100: 227 KiB). Fewer candidates also mean less
+    autotuning time on the GPU.
     """
     element_size = operand.element_size()
     budget = shared_memory_per_block(operand.device)
-    least = [min(floor, _fits(extent)) for floor, extent in
-             ((_MIN_USEFUL_M, m), (_MIN_USEFUL_N, n), (_MIN_USEFUL_K, k))]
+    extents = (m, n, k)
+    least = [min(floor, _fits(extent)) for floor, extent in zip(narrowest, extents, strict=True)]
     kept = []
     for config in configs:
-        blocks = [config.kwargs[name] for name in ("BLOCK_M", "BLOCK_N", "BLOCK_K")]
-        smem = (blocks[0] + blocks[1]) * blocks[2] * element_size * config.num_stages
+        rows, cols, depth = (config.kwargs[name] for name in blocks)
+        smem = (rows + cols) * depth * element_size * config.num_stages
         if smem <= budget and all(low <= block <= _fits(extent) for low, block, extent
-                                  in zip(least, blocks, (m, n, k), strict=True)):
+                                  in zip(least, (rows, cols, depth), extents, strict=True)):
             kept.append(config)
     if kept:
         return kept
-    return [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"]
-                * c.kwargs["BLOCK_K"])]
+    return [min(configs, key=lambda c: math.prod(c.kwargs[name] for name in blocks))]
 
 
 def autotuned(key: Sequence[str], prune: Callable[..., list[triton.Config]],

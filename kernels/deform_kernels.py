@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .autotune import autotuned, prune_tiles, tile_configs
+from .autotune import ANY_WIDTH, autotuned, prune_tiles, tile_configs
 from .epilogue import NO_EPILOGUE, Epilogue
 from .geometry import ConvGeometry
 from .igemm import input_precision
@@ -109,41 +109,38 @@ def _bilinear_cell(py, px, IN_H, IN_W, INT64: tl.constexpr):
 
 
 @triton.jit
-def _corner_masks(rows_ok, cols_ok, y0, x0, IN_H, IN_W):
-    """[rows, channels] masks of the four corners (top-left first) that lie in the image."""
+def _cell_corners(rows_ok, y0, x0, ly, lx, IN_H, IN_W):
+    """Per row: which of the cell's four corners lie in the image, and their bilinear weights.
+
+    Corners in order top-left, top-right, bottom-left, bottom-right: (ok00, ok01, ok10, ok11,
+    w00, w01, w10, w11).
+    """
     top = rows_ok & (y0 >= 0) & (y0 < IN_H)
     bottom = rows_ok & (y0 >= -1) & (y0 < IN_H - 1)
     left = (x0 >= 0) & (x0 < IN_W)
     right = (x0 >= -1) & (x0 < IN_W - 1)
-    col_ok = cols_ok[None, :]
-    return ((top & left)[:, None] & col_ok, (top & right)[:, None] & col_ok,
-            (bottom & left)[:, None] & col_ok, (bottom & right)[:, None] & col_ok)
+    return (top & left, top & right, bottom & left, bottom & right,
+            (1.0 - ly) * (1.0 - lx), (1.0 - ly) * lx, ly * (1.0 - lx), ly * lx)
 
 
 @triton.jit
-def _corner_values(x_ptr, rows, cols, rows_ok, cols_ok, y0, x0, IN_H, IN_W, sx_h, sx_w,
-                   IS_FP64: tl.constexpr):
-    """The four neighbours [rows, channels] of each sample; zero where a corner is outside.
-
-    `rows` is each row's batch offset in x, `cols` each column's channel offset; y0/x0 are per
-    row.
-    """
-    ok00, ok01, ok10, ok11 = _corner_masks(rows_ok, cols_ok, y0, x0, IN_H, IN_W)
-    base = x_ptr + (rows + y0 * sx_h + x0 * sx_w)[:, None] + cols[None, :]
-    v00 = tl.load(base, mask=ok00, other=0.0)
-    v01 = tl.load(base + sx_w, mask=ok01, other=0.0)
-    v10 = tl.load(base + sx_h, mask=ok10, other=0.0)
-    v11 = tl.load(base + sx_h + sx_w, mask=ok11, other=0.0)
-    return (_compute(v00, IS_FP64), _compute(v01, IS_FP64), _compute(v10, IS_FP64),
-            _compute(v11, IS_FP64))
+def _corner(x_ptr, offsets, ok, cols_ok, IS_FP64: tl.constexpr):
+    """One corner's values [rows, channels] in the compute dtype; zero outside the image."""
+    v = tl.load(x_ptr + offsets, mask=ok[:, None] & cols_ok[None, :], other=0.0)
+    return _compute(v, IS_FP64)
 
 
 @triton.jit
-def _interpolate(v00, v01, v10, v11, ly, lx):
-    """Bilinear interpolation with per-row fractions ly, lx."""
-    ly = ly[:, None]
-    lx = lx[:, None]
-    return (1.0 - ly) * ((1.0 - lx) * v00 + lx * v01) + ly * ((1.0 - lx) * v10 + lx * v11)
+def _sample(x_ptr, corner, cols, cols_ok, ok00, ok01, ok10, ok11, w00, w01, w10, w11, sx_h,
+            sx_w, IS_FP64: tl.constexpr):
+    """Bilinear samples [rows, channels]: the weighted sum of the four corners, loaded one at a
+    time so only one corner tile is live. `corner` is each row's top-left offset in x."""
+    offsets = corner[:, None] + cols[None, :]
+    sample = w00[:, None] * _corner(x_ptr, offsets, ok00, cols_ok, IS_FP64)
+    sample += w01[:, None] * _corner(x_ptr, offsets + sx_w, ok01, cols_ok, IS_FP64)
+    sample += w10[:, None] * _corner(x_ptr, offsets + sx_h, ok10, cols_ok, IS_FP64)
+    sample += w11[:, None] * _corner(x_ptr, offsets + sx_h + sx_w, ok11, cols_ok, IS_FP64)
+    return sample
 
 
 @triton.jit
@@ -185,10 +182,27 @@ _FORWARD_KEY = ["BATCH", "C_G", "COUT_G", "C_OG", "IN_H", "IN_W", "OUT_H", "OUT_
 def _prune_forward(configs, args):
     rows = args["BATCH"] * args["OUT_H"] * args["OUT_W"]
     segment = min(args["C_G"], args["C_OG"])
-    return prune_tiles(configs, rows, args["COUT_G"], segment, args["x_ptr"])
+    return prune_tiles(configs, rows, args["COUT_G"], segment, args["x_ptr"],
+                       narrowest=ANY_WIDTH)
 
 
-@autotuned(key=_FORWARD_KEY, prune=_prune_forward)
+# The deformable kernels sample one operand in registers (four corners, their masks and
+# weights per row) and hand it to tl.dot through shared memory, so they need more registers
+# and shared memory than the implicit GEMM's tiles assume: each has its own list, every tile
+# of which compiles without spills within the shared memory of sm_80 and sm_90 in fp16,
+# bf16 and fp32 (foveal compilecheck). (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages).
+_FORWARD_TILES = (
+    (64, 128, 32, 4, 4),
+    (64, 256, 32, 8, 3),
+    (64, 64, 32, 4, 3),
+    (64, 32, 32, 4, 4),
+    (64, 128, 16, 4, 3),
+    (128, 128, 16, 8, 3),
+    (128, 64, 16, 8, 3),
+)
+
+
+@autotuned(key=_FORWARD_KEY, prune=_prune_forward, configs=tile_configs(_FORWARD_TILES))
 @triton.jit
 def deform_forward_kernel(
     x_ptr, off_ptr, mask_ptr, w_ptr, bias_ptr, res_ptr, y_ptr, z_ptr,
@@ -232,14 +246,16 @@ def deform_forward_kernel(
                                            tap, N_TAPS, KW, base_h, base_w, DIL_H, DIL_W, so_c,
                                            sm_c, HAS_MASK, IS_FP64)
         y0, x0, ly, lx = _bilinear_cell(py, px, IN_H, IN_W, INT64)
+        ok00, ok01, ok10, ok11, w00, w01, w10, w11 = _cell_corners(row_ok, y0, x0, ly, lx,
+                                                                   IN_H, IN_W)
+        corner = x_rows + y0 * sx_h + x0 * sx_w
         w_tap = (tap // KW) * sw_h + (tap % KW) * sw_w
         for c0 in range(seg_lo, seg_hi, BLOCK_K):
             c = c0 + rk
             c_ok = c < seg_hi
-            v00, v01, v10, v11 = _corner_values(x_ptr, x_rows, c * sx_c, row_ok, c_ok, y0, x0,
-                                                IN_H, IN_W, sx_h, sx_w, IS_FP64)
-            sample = _interpolate(v00, v01, v10, v11, ly, lx) * modulation[:, None]
-            a = sample.to(x_ptr.dtype.element_ty)
+            sample = _sample(x_ptr, corner, c * sx_c, c_ok, ok00, ok01, ok10, ok11, w00, w01,
+                             w10, w11, sx_h, sx_w, IS_FP64)
+            a = (sample * modulation[:, None]).to(x_ptr.dtype.element_ty)
             b = tl.load(w_ptr + w_tap + ((c - c_lo) * sw_in)[:, None] + w_cols[None, :],
                         mask=c_ok[:, None] & n_ok[None, :], other=0.0)
             acc = mma(acc, a, b, INPUT_PRECISION, UPCAST)
@@ -260,21 +276,24 @@ _DATA_KEY = ["BATCH", "C_G", "COUT_G", "C_OG", "IN_H", "IN_W", "OUT_H", "OUT_W",
 
 
 def _prune_data(configs, args):
+    # Rows are output positions, columns (BLOCK_K) input channels, and the dot reduces over
+    # output channels (BLOCK_N).
     rows = args["BATCH"] * args["OUT_H"] * args["OUT_W"]
-    return prune_tiles(configs, rows, args["COUT_G"], args["C_OG"], args["x_ptr"])
+    return prune_tiles(configs, rows, args["C_OG"], args["COUT_G"], args["x_ptr"],
+                       blocks=("BLOCK_M", "BLOCK_K", "BLOCK_N"), narrowest=ANY_WIDTH)
 
 
-# Its own tiles: besides the [BLOCK_M, BLOCK_K] gradient tile, every row carries its sampling
-# state (cell, fractions, corner masks and addresses), so the shared tiles' larger shapes
-# spill. (BLOCK_M, BLOCK_N: output channels per dot step, BLOCK_K: input channels, warps,
-# stages); each compiles spill-free on sm_90 and sm_80 in fp16, bf16 and fp32.
+# Besides the [BLOCK_M, BLOCK_K] gradient tile every row carries its sampling state (cell,
+# fractions, corner masks and addresses): narrow channel blocks keep it spill-free.
 _DATA_GRAD_TILES = (
-    (64, 64, 32, 4, 3),
     (32, 64, 32, 4, 3),
-    (64, 128, 32, 4, 3),
-    (64, 64, 64, 8, 3),
-    (128, 64, 32, 8, 3),
-    (64, 32, 32, 4, 2),
+    (32, 32, 32, 4, 2),
+    (64, 32, 16, 4, 2),
+    (32, 64, 16, 4, 2),
+    (64, 64, 32, 8, 3),
+    (64, 64, 16, 8, 3),
+    (128, 64, 16, 8, 2),
+    (64, 128, 16, 8, 3),
 )
 
 
@@ -314,16 +333,10 @@ def deform_data_grad_kernel(
                                        N_TAPS, KW, base_h, base_w, DIL_H, DIL_W, so_c, sm_c,
                                        HAS_MASK, IS_FP64)
     y0, x0, ly, lx = _bilinear_cell(py, px, IN_H, IN_W, INT64)
-    # Per-row factors of the four corners (top-left, top-right, bottom-left, bottom-right):
-    # bilinear weight, and d(sample)/d(py), d(sample)/d(px) per unit corner value.
-    w00 = (1.0 - ly) * (1.0 - lx)
-    w01 = (1.0 - ly) * lx
-    w10 = ly * (1.0 - lx)
-    w11 = ly * lx
-    top = row_ok & (y0 >= 0) & (y0 < IN_H)
-    bottom = row_ok & (y0 >= -1) & (y0 < IN_H - 1)
-    left = (x0 >= 0) & (x0 < IN_W)
-    right = (x0 >= -1) & (x0 < IN_W - 1)
+    # Per row, for each corner: inside the image, bilinear weight, and (below, as literals)
+    # d(sample)/d(py) and d(sample)/d(px) per unit corner value.
+    ok00, ok01, ok10, ok11, w00, w01, w10, w11 = _cell_corners(row_ok, y0, x0, ly, lx, IN_H,
+                                                               IN_W)
     x_corner = x_rows + y0 * sx_h + x0 * sx_w  # the top-left corner, per row
     dx_corner = dx_rows + y0 * sdx_h + x0 * sdx_w
     grad_y = tl.zeros_like(ly)
@@ -343,20 +356,20 @@ def deform_data_grad_kernel(
         x_cols = c * sx_c
         dx_cols = c * sdx_c
         grad_y, grad_x, grad_m = _corner_grad(
-            col_grad, x_ptr, x_corner, dx_ptr, dx_corner, x_cols, dx_cols, top & left, c_ok,
+            col_grad, x_ptr, x_corner, dx_ptr, dx_corner, x_cols, dx_cols, ok00, c_ok,
             w00, lx - 1.0, ly - 1.0, modulation, grad_y, grad_x, grad_m, NEED_DX, NEED_DOFFSET,
             NEED_DMASK, IS_FP64)
         grad_y, grad_x, grad_m = _corner_grad(
             col_grad, x_ptr, x_corner + sx_w, dx_ptr, dx_corner + sdx_w, x_cols, dx_cols,
-            top & right, c_ok, w01, -lx, 1.0 - ly, modulation, grad_y, grad_x, grad_m, NEED_DX,
+            ok01, c_ok, w01, -lx, 1.0 - ly, modulation, grad_y, grad_x, grad_m, NEED_DX,
             NEED_DOFFSET, NEED_DMASK, IS_FP64)
         grad_y, grad_x, grad_m = _corner_grad(
             col_grad, x_ptr, x_corner + sx_h, dx_ptr, dx_corner + sdx_h, x_cols, dx_cols,
-            bottom & left, c_ok, w10, 1.0 - lx, -ly, modulation, grad_y, grad_x, grad_m, NEED_DX,
+            ok10, c_ok, w10, 1.0 - lx, -ly, modulation, grad_y, grad_x, grad_m, NEED_DX,
             NEED_DOFFSET, NEED_DMASK, IS_FP64)
         grad_y, grad_x, grad_m = _corner_grad(
             col_grad, x_ptr, x_corner + sx_h + sx_w, dx_ptr, dx_corner + sdx_h + sdx_w, x_cols,
-            dx_cols, bottom & right, c_ok, w11, lx, ly, modulation, grad_y, grad_x, grad_m,
+            dx_cols, ok11, c_ok, w11, lx, ly, modulation, grad_y, grad_x, grad_m,
             NEED_DX, NEED_DOFFSET, NEED_DMASK, IS_FP64)
 
     channel = og * N_TAPS + tap
@@ -382,10 +395,8 @@ def _corner_grad(col_grad, x_ptr, x_rows, dx_ptr, dx_rows, x_cols, dx_cols, rows
     one per-row dot product <dL/dA, v> serves all three. dL/dx at the corner gains
     dL/dA * weight * modulation (atomics; corners outside the image are masked off).
     """
-    ok = rows_ok[:, None] & cols_ok[None, :]
     if NEED_DOFFSET or NEED_DMASK:
-        v = _compute(tl.load(x_ptr + x_rows[:, None] + x_cols[None, :], mask=ok, other=0.0),
-                     IS_FP64)
+        v = _corner(x_ptr, x_rows[:, None] + x_cols[None, :], rows_ok, cols_ok, IS_FP64)
         dot = tl.sum(col_grad * v, axis=1)
         if NEED_DOFFSET:
             grad_y += dot * d_py
@@ -394,7 +405,8 @@ def _corner_grad(col_grad, x_ptr, x_rows, dx_ptr, dx_rows, x_cols, dx_cols, rows
             grad_m += dot * weight
     if NEED_DX:
         tl.atomic_add(dx_ptr + dx_rows[:, None] + dx_cols[None, :],
-                      col_grad * (weight * modulation)[:, None], mask=ok, sem="relaxed")
+                      col_grad * (weight * modulation)[:, None],
+                      mask=rows_ok[:, None] & cols_ok[None, :], sem="relaxed")
     return grad_y, grad_x, grad_m
 
 
@@ -408,11 +420,21 @@ _WGRAD_KEY = ["BATCH", "C_G", "COUT_G", "C_OG", "IN_H", "IN_W", "OUT_H", "OUT_W"
 
 def _prune_wgrad(configs, args):
     segment = min(args["C_G"], args["C_OG"])
-    return prune_tiles(configs, args["COUT_G"], segment, args["K_PER_SPLIT"],
-                       args["x_ptr"])
+    return prune_tiles(configs, args["COUT_G"], segment, args["K_PER_SPLIT"], args["x_ptr"],
+                       narrowest=ANY_WIDTH)
 
 
-@autotuned(key=_WGRAD_KEY, prune=_prune_wgrad)
+_WEIGHT_GRAD_TILES = (
+    (128, 64, 32, 4, 4),
+    (64, 64, 32, 4, 3),
+    (128, 128, 16, 8, 3),
+    (128, 64, 16, 4, 3),
+    (64, 64, 16, 4, 4),
+)
+
+
+@autotuned(key=_WGRAD_KEY, prune=_prune_wgrad,
+           configs=tile_configs(_WEIGHT_GRAD_TILES))
 @triton.jit
 def deform_weight_grad_kernel(
     x_ptr, off_ptr, mask_ptr, dz_ptr, part_ptr,
@@ -460,9 +482,11 @@ def deform_weight_grad_kernel(
                                            ow * STRIDE_W - PAD_W, DIL_H, DIL_W, so_c, sm_c,
                                            HAS_MASK, IS_FP64)
         y0, x0, ly, lx = _bilinear_cell(py, px, IN_H, IN_W, INT64)
-        v00, v01, v10, v11 = _corner_values(x_ptr, n * sx_n, rn * sx_c, k_ok, n_ok, y0, x0,
-                                            IN_H, IN_W, sx_h, sx_w, IS_FP64)
-        sample = _interpolate(v00, v01, v10, v11, ly, lx) * modulation[:, None]
+        ok00, ok01, ok10, ok11, w00, w01, w10, w11 = _cell_corners(k_ok, y0, x0, ly, lx, IN_H,
+                                                                   IN_W)
+        sample = _sample(x_ptr, n * sx_n + y0 * sx_h + x0 * sx_w, rn * sx_c, n_ok, ok00, ok01,
+                         ok10, ok11, w00, w01, w10, w11, sx_h, sx_w,
+                         IS_FP64) * modulation[:, None]
         acc = mma(acc, a, sample.to(x_ptr.dtype.element_ty), INPUT_PRECISION, UPCAST)
 
     part = part_ptr + split * sp_split + tap * sp_tap

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .autotune import autotuned
+from .autotune import autotuned, make_config
 from .backend import INTERPRETED
 from .epilogue import NO_EPILOGUE, Epilogue
 from .igemm import axis_taps, tap_plan
@@ -54,7 +54,7 @@ _INTERPRETER_WGRAD_TILES = ((64, 16, 4),)
 
 
 def _configs(tiles, names) -> list[triton.Config]:
-    return [triton.Config(dict(zip(names, tile[:-1], strict=True)), num_warps=tile[-1],
+    return [make_config(dict(zip(names, tile[:-1], strict=True)), num_warps=tile[-1],
                           num_stages=2) for tile in tiles]
 
 

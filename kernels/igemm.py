@@ -45,10 +45,25 @@ _KEY = ["ROWS_BUCKET", "LAYOUT", "C_G", "COUT_G", "IN_MUL_D", "IN_MUL_H", "IN_MU
 _KEY_ONLY = ["ROWS_BUCKET", "LAYOUT"]
 
 
+# A flattened (tap, channel) reduction forms a [BLOCK_M, BLOCK_K] tile of addresses and bounds
+# tests each step besides the A tile itself: tiles holding more than this many accumulator plus
+# A elements per thread spill there (e.g. 128x64x32 on 4 warps, 96).
+_FLAT_ELEMENTS_PER_THREAD = 80
+
+
 def _prune(configs, args):
     rows = args["BATCH"] * args["J_D"] * args["J_H"] * args["J_W"]
-    reduction = args["C_G"] if args["TAP_MAJOR"] else args["C_G"] * args["MAX_TAPS"]
-    return prune_tiles(configs, rows, args["COUT_G"], reduction, args["x_ptr"])
+    if args["TAP_MAJOR"]:
+        return prune_tiles(configs, rows, args["COUT_G"], args["C_G"], args["x_ptr"])
+
+    def light(config) -> bool:
+        kw = config.kwargs
+        per_thread = kw["BLOCK_M"] * (kw["BLOCK_N"] + kw["BLOCK_K"]) // (32 * config.num_warps)
+        return per_thread <= _FLAT_ELEMENTS_PER_THREAD
+
+    kept = prune_tiles(configs, rows, args["COUT_G"], args["C_G"] * args["MAX_TAPS"],
+                       args["x_ptr"])
+    return [c for c in kept if light(c)] or kept
 
 
 @triton.jit

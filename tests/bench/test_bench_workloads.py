@@ -291,3 +291,11 @@ def test_command_line_values_read_like_toml():
     assert parse_assignments(["size=7x9", "padding=same"]) == {"size": [7, 9], "padding": "same"}
     with pytest.raises(WorkloadError, match="expected key=value"):
         parse_assignments(["kernel"])
+
+
+def test_workloads_pickle_for_worker_processes():
+    import pickle
+
+    for workload in WORKLOADS[:3]:
+        again = pickle.loads(pickle.dumps(workload))
+        assert again == workload and dict(again.args) == dict(workload.args)

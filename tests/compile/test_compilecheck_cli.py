@@ -42,3 +42,19 @@ def test_unknown_workload_and_arch_are_named(tmp_path):
     assert done.returncode != 0 and "no.such.layer" in done.stderr
     done = run_cli("--workloads", "smoke.conv1d", "--arch", "sm_75", tmp_path=tmp_path)
     assert done.returncode != 0 and "sm_75" in done.stderr
+
+
+def test_profile_shows_candidate_configs_offline(tmp_path):
+    env = {**real_compiler_env(), "FOVEAL_COMPILE_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run(
+        [sys.executable, "-m", "foveal.clients.cli", "profile", "conv2d", "--arch", "sm_90",
+         "--batch", "8", "--dtype", "float16", "--layout", "channels_last", "--shape",
+         "in_channels=64", "out_channels=64", "size=28x28", "kernel=3", "padding=1",
+         "--json", str(tmp_path / "profile.json")],
+        env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "launch 1: igemm_kernel" in done.stdout and "wgmma" in done.stdout
+    assert "candidate config(s)" in done.stdout
+    document = json.loads((tmp_path / "profile.json").read_text())
+    assert document["arch"]["name"] == "sm_90" and len(document["jobs"]) > 1
+    assert all(job["registers"] > 0 and job["error"] is None for job in document["jobs"])
