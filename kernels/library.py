@@ -38,17 +38,22 @@ def define_op(name: str, schema: str, real: Callable[..., Any],
     LIBRARY.impl(name, real, "CompositeExplicitAutograd")
     torch.library.register_fake(f"{NAMESPACE}::{name}", fake, lib=LIBRARY)
     _real[f"{NAMESPACE}::{name}"] = real
-    return getattr(torch.ops.foveal, name).default
+    return _overload(name)
 
 
-def composite_op(name: str, schema: str, implementation: Callable[..., Any]) -> Any:
+def composite_op(name: str, schema: str,
+                 implementation: Callable[..., Any]) -> torch._ops.OpOverload:
     """Define `foveal::name` as a composition of other ops (CompositeImplicitAutograd).
 
     Autograd, fake tensors and compilers see through it to the ops it calls.
     """
     LIBRARY.define(f"{name}{schema}")
     LIBRARY.impl(name, implementation, "CompositeImplicitAutograd")
-    return getattr(torch.ops.foveal, name).default
+    return _overload(name)
+
+
+def _overload(name: str) -> torch._ops.OpOverload:
+    return getattr(getattr(torch.ops, NAMESPACE), name).default
 
 
 class RealImplementations(TorchDispatchMode):
