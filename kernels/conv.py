@@ -1,7 +1,8 @@
 """conv1d/2d/3d and conv_transpose1d/2d/3d: PyTorch's semantics on one implicit-GEMM kernel.
 
 A convolution and a transposed convolution are each other's input gradient, so both run on
-`igemm_kernel` (its direct and transposed modes) and share one autograd Function:
+`igemm_kernel` (its direct and transposed modes), and each of the six is an operator
+(`torch.ops.foveal.conv2d`, ..., see fused.py) with its backward operator:
 - forward: the op's own mode, with the fused epilogue;
 - dL/dinput: the other mode applied to dL/dz with the same weight;
 - dL/dweight: `wgrad_kernel`, with the roles of input and dL/dz swapped for a transposed op;
@@ -16,15 +17,17 @@ Two convolution shapes take a specialised kernel with the same contract, in both
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
-from .backend import backend_for
+from . import fused
 from .checks import check_bias, check_residual, check_same_device_dtype, check_tensor
 from .depthwise import depthwise_weight_grad, launch_depthwise
-from .elementwise import activation_backward, channel_sum
-from .epilogue import Activation, ActivationArg, Epilogue, apply_epilogue, parse_activation
+from .elementwise import channel_sum
+from .epilogue import ActivationArg, Epilogue, parse_activation
+from .fused import CONV_TENSORS, FusedOp, dense, like_layout
 from .geometry import ConvGeometry, PaddingArg, conv_geometry, transposed_conv_geometry
 from .igemm import launch_igemm
 from .pointwise import launch_pointwise
@@ -64,16 +67,13 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, geometry: 
     return out
 
 
-def conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                 residual: torch.Tensor | None, geometry: ConvGeometry, epilogue: Epilogue,
-                 keep_preactivation: bool, inference: bool = False
-                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The op's output (and its pre-activation if asked), on the kernel that fits its shape.
+def launch_conv(out: torch.Tensor, preact: torch.Tensor | None, x: torch.Tensor,
+                weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None,
+                geometry: ConvGeometry, epilogue: Epilogue, inference: bool = False) -> None:
+    """Write the op's output (and its pre-activation if given) with the kernel that fits its shape.
 
-    `inference` (no autograd) lets the weight's packed GEMM layout be cached.
+    `inference` (no backward will follow) lets the weight's packed GEMM layout be cached.
     """
-    out = empty_like_layout(geometry.output_shape, x)
-    preact = torch.empty_like(out) if keep_preactivation else None
     epilogue_args = dict(bias=bias, residual=None if residual is None else as_5d(residual),
                          preact=None if preact is None else as_5d(preact), epilogue=epilogue)
     if is_depthwise(geometry):
@@ -85,6 +85,15 @@ def conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     else:
         _launch(x, weight, out, geometry, geometry.transposed, cache_weight=inference,
                 **epilogue_args)
+
+
+def conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 geometry: ConvGeometry, epilogue: Epilogue, keep_preactivation: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The op's output in x's layout (and its pre-activation if asked)."""
+    out = empty_like_layout(geometry.output_shape, x)
+    preact = torch.empty_like(out) if keep_preactivation else None
+    launch_conv(out, preact, x, weight, bias, None, geometry, epilogue)
     return out, preact
 
 
@@ -116,79 +125,123 @@ def conv_weight_grad(dz: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     return grad.reshape(weight.shape)
 
 
-class _ConvFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, residual, geometry: ConvGeometry, epilogue: Epilogue):
-        keep_preact = epilogue.grad_needs_preactivation
-        out, preact = conv_forward(x, weight, bias, residual, geometry, epilogue, keep_preact)
-        ctx.geometry, ctx.epilogue = geometry, epilogue
-        ctx.save_for_backward(x, weight, preact if keep_preact else out)
-        return out
+def _conv_grads(dz: torch.Tensor, needs: list[bool], x: torch.Tensor, weight: torch.Tensor,
+                geometry: ConvGeometry) -> list[torch.Tensor | None]:
+    """dL/dx, dL/dW and dL/dbias (as `needs` asks) from dz = dL/d(pre-activation)."""
+    need_x, need_w, need_b, _ = needs
+    return [conv_input_grad(dz, weight, x, geometry) if need_x else None,
+            conv_weight_grad(dz, x, weight, geometry) if need_w else None,
+            channel_sum(dz, weight.dtype) if need_b else None, None]
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        x, weight, saved = ctx.saved_tensors
-        geometry, epilogue = ctx.geometry, ctx.epilogue
-        dz = grad_out
-        if epilogue.activation is not Activation.NONE:
-            dz = activation_backward(grad_out, saved, epilogue)
-        need_x, need_w, need_b, need_r = ctx.needs_input_grad[:4]
-        dx = conv_input_grad(dz, weight, x, geometry) if need_x else None
-        dw = conv_weight_grad(dz, x, weight, geometry) if need_w else None
-        db = channel_sum(dz, weight.dtype) if need_b else None
-        return dx, dw, db, dz if need_r else None, None, None
+
+@dataclass(frozen=True)
+class _ConvKind:
+    """A convolution op's arguments: the public function's, and its operator's options."""
+
+    spatial_dims: int
+    transposed: bool
+
+    @property
+    def name(self) -> str:
+        return f"conv{'_transpose' if self.transposed else ''}{self.spatial_dims}d"
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        if self.transposed:
+            return ("int[] stride", "int[] padding", "int[] output_padding", "int groups",
+                    "int[] dilation")
+        return "int[] stride", "int[] padding", "int[] dilation", "int groups", "bool pad_same"
+
+    def geometry(self, input_shape, weight_shape, stride, padding, third, groups,
+                 fourth) -> ConvGeometry:
+        """The geometry of a batched call, from the public arguments or the operator's options.
+
+        (third, fourth) are (dilation, padding "same" or not) for a convolution and
+        (output_padding, dilation) for a transposed one, in their arguments' order.
+        """
+        if self.transposed:
+            return transposed_conv_geometry(input_shape, weight_shape, stride, padding, third,
+                                            groups, fourth, self.spatial_dims)
+        return conv_geometry(input_shape, weight_shape, stride, "same" if fourth else padding,
+                             third, groups, self.spatial_dims)
+
+    def operator_options(self, geometry: ConvGeometry, padding: PaddingArg) -> tuple:
+        """The operator's options for a call with this geometry and `padding` argument."""
+        stride, dilation = list(geometry.stride), list(geometry.dilation)
+        if self.transposed:
+            return (stride, list(geometry.padding), list(geometry.output_padding),
+                    geometry.groups, dilation)
+        return stride, list(geometry.padding), dilation, geometry.groups, padding == "same"
+
+    def torch_args(self, stride, padding, third, groups, fourth) -> tuple:
+        """The operator's options as PyTorch's function takes them (the torch backend)."""
+        if self.transposed:
+            return stride, padding, third, groups, fourth
+        return stride, "same" if fourth else padding, third, groups
+
+    def fused_op(self) -> FusedOp:
+        torch_op = _TORCH_OPS[self.spatial_dims, self.transposed]
+
+        def geometry(x, weight, *options) -> ConvGeometry:
+            return self.geometry(tuple(x.shape), tuple(weight.shape), *options)
+
+        def output(x, weight, bias, residual, *options):
+            return empty_like_layout(geometry(x, weight, *options).output_shape, x)
+
+        def launch(out, preact, x, weight, bias, residual, *rest):
+            *options, epilogue, inference = rest
+            launch_conv(out, preact, x, weight, bias, residual, geometry(x, weight, *options),
+                        epilogue, inference)
+
+        def reference(x, weight, bias, residual, *options):
+            out = torch_op(x, weight, bias, *self.torch_args(*options))
+            return out if residual is None else out + residual
+
+        def backward(dz, needs, x, weight, bias, residual, *options):
+            return _conv_grads(dz, needs, x, weight, geometry(x, weight, *options))
+
+        return FusedOp(self.name, CONV_TENSORS, self.options, output, launch, reference, backward,
+                       grads=(like_layout, dense, dense, like_layout))
 
 
 _TORCH_OPS = {
     (1, False): F.conv1d, (2, False): F.conv2d, (3, False): F.conv3d,
     (1, True): F.conv_transpose1d, (2, True): F.conv_transpose2d, (3, True): F.conv_transpose3d,
 }
+_KINDS = {(dims, transposed): _ConvKind(dims, transposed) for dims, transposed in _TORCH_OPS}
+OPERATORS = {kind: fused.register(kind.fused_op())[0] for kind in _KINDS.values()}
 
 
-def _run(op: str, spatial_dims: int, input: torch.Tensor, weight: torch.Tensor,
+def _run(op: str, kind: _ConvKind, input: torch.Tensor, weight: torch.Tensor,
          bias: torch.Tensor | None, activation: ActivationArg, residual: torch.Tensor | None,
-         geometry_of, torch_args: tuple) -> torch.Tensor:
-    """Shared pipeline: validate, pick the backend, run (with autograd only when needed)."""
+         arguments: tuple) -> torch.Tensor:
+    """Shared pipeline: validate, then call the operator on a batched input."""
+    spatial_dims = kind.spatial_dims
     epilogue = parse_activation(activation)
     check_tensor(op, "input", input, (spatial_dims + 1, spatial_dims + 2))
     check_tensor(op, "weight", weight, (spatial_dims + 2,))
     check_same_device_dtype(op, input, weight=weight, bias=bias, residual=residual)
     unbatched = input.dim() == spatial_dims + 1
     x = input.unsqueeze(0) if unbatched else input
-    geometry: ConvGeometry = geometry_of(tuple(x.shape), tuple(weight.shape))
+    geometry = kind.geometry(tuple(x.shape), tuple(weight.shape), *arguments)
     out_shape = geometry.output_shape[1:] if unbatched else geometry.output_shape
     check_bias(op, bias, geometry.out_channels)
     check_residual(op, residual, out_shape)
     res = residual.unsqueeze(0) if unbatched and residual is not None else residual
-
-    if backend_for(x.device) == "torch":
-        torch_op = _TORCH_OPS[spatial_dims, geometry.transposed]
-        out = apply_epilogue(torch_op(x, weight, bias, *torch_args), None, res, epilogue)
-    elif x.numel() == 0 or weight.numel() == 0:
-        out = apply_epilogue(empty_like_layout(geometry.output_shape, x).zero_(), bias, res,
-                             epilogue)
-    elif torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                         for t in (x, weight, bias, res)):
-        out = _ConvFunction.apply(x, weight, bias, res, geometry, epilogue)
-    else:
-        out, _ = conv_forward(x, weight, bias, res, geometry, epilogue, False, inference=True)
+    out = fused.call(OPERATORS[kind], (x, weight, bias, res),
+                     kind.operator_options(geometry, arguments[1]), epilogue)
     return out.squeeze(0) if unbatched else out
 
 
 def _convnd(op: str, spatial_dims: int, input, weight, bias, stride, padding, dilation, groups,
             activation, residual) -> torch.Tensor:
-    return _run(op, spatial_dims, input, weight, bias, activation, residual,
-                lambda xs, ws: conv_geometry(xs, ws, stride, padding, dilation, groups,
-                                             spatial_dims),
-                (stride, padding, dilation, groups))
+    return _run(op, _KINDS[spatial_dims, False], input, weight, bias, activation, residual,
+                (stride, padding, dilation, groups, False))
 
 
 def _conv_transposend(op: str, spatial_dims: int, input, weight, bias, stride, padding,
                       output_padding, groups, dilation, activation, residual) -> torch.Tensor:
-    return _run(op, spatial_dims, input, weight, bias, activation, residual,
-                lambda xs, ws: transposed_conv_geometry(xs, ws, stride, padding, output_padding,
-                                                        groups, dilation, spatial_dims),
+    return _run(op, _KINDS[spatial_dims, True], input, weight, bias, activation, residual,
                 (stride, padding, output_padding, groups, dilation))
 
 

@@ -1,22 +1,24 @@
 """deform_conv2d: torchvision.ops.deform_conv2d's semantics on foveal's Triton kernels + autograd.
 
 Pipeline, as for conv2d: parse the activation -> check tensors -> geometry (the convolution's,
-then the offset and mask shapes against it) -> bias/residual checks -> backend: PyTorch
-reference (torchvision) | autograd Function | direct launch when no gradient is needed.
-The kernels are in `deform_kernels`.
+then the offset and mask shapes against it) -> bias/residual checks -> the operator
+`torch.ops.foveal.deform_conv2d` (fused.py): foveal's kernels, or torchvision's on the torch
+backend. The kernels are in `deform_kernels`.
 """
 
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
+from torch import empty_like
 
-from .backend import BackendUnavailable, backend_for
+from . import fused
+from .backend import BackendUnavailable
 from .checks import check_bias, check_residual, check_same_device_dtype, check_tensor
 from .deform_gather import input_grad_deterministic
 from .deform_kernels import data_grad, launch_forward, weight_grad
-from .elementwise import activation_backward, channel_sum
-from .epilogue import Activation, ActivationArg, Epilogue, apply_epilogue, parse_activation
+from .elementwise import channel_sum
+from .epilogue import ActivationArg, parse_activation
+from .fused import FusedOp, dense, like_layout
 from .geometry import ConvGeometry, conv_geometry, expand
 from .tensors import empty_like_layout
 
@@ -77,59 +79,85 @@ def _check_per_position(name: str, shape: tuple[int, ...], geometry: ConvGeometr
             f"{geometry.dilation})")
 
 
-def _launch_forward(x, offset, mask, weight, bias, residual, geometry: ConvGeometry,
-                    offset_groups: int, epilogue: Epilogue, keep_preactivation: bool):
-    out = empty_like_layout(geometry.output_shape, x)
-    preact = torch.empty_like(out) if keep_preactivation else None
-    launch_forward(x, offset, mask, weight, out, geometry, offset_groups, bias=bias,
+def _geometry(input, offset, weight, mask, stride, padding, dilation
+              ) -> tuple[ConvGeometry, int]:
+    return deform_geometry(tuple(input.shape), tuple(offset.shape), tuple(weight.shape),
+                           None if mask is None else tuple(mask.shape), stride, padding,
+                           dilation)
+
+
+def _output(input, offset, weight, bias, mask, residual, *options) -> torch.Tensor:
+    geometry, _ = _geometry(input, offset, weight, mask, *options)
+    return empty_like_layout(geometry.output_shape, input)
+
+
+def _launch(out, preact, input, offset, weight, bias, mask, residual, *rest) -> None:
+    *options, epilogue, _ = rest
+    geometry, offset_groups = _geometry(input, offset, weight, mask, *options)
+    launch_forward(input, offset, mask, weight, out, geometry, offset_groups, bias=bias,
                    residual=residual, preact=preact, epilogue=epilogue)
-    return out, preact
 
 
-class _DeformConvFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, offset, weight, bias, mask, residual, geometry: ConvGeometry,
-                offset_groups: int, epilogue: Epilogue):
-        keep_preact = epilogue.grad_needs_preactivation
-        out, preact = _launch_forward(x, offset, mask, weight, bias, residual, geometry,
-                                      offset_groups, epilogue, keep_preact)
-        ctx.geometry, ctx.offset_groups, ctx.epilogue = geometry, offset_groups, epilogue
-        ctx.save_for_backward(x, offset, weight, mask, preact if keep_preact else out)
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        x, offset, weight, mask, saved = ctx.saved_tensors
-        geometry, offset_groups, epilogue = ctx.geometry, ctx.offset_groups, ctx.epilogue
-        dz = grad_out
-        if epilogue.activation is not Activation.NONE:
-            dz = activation_backward(grad_out, saved, epilogue)
-        need_x, need_offset, need_w, need_b, need_mask, need_r = ctx.needs_input_grad[:6]
-        # The input gradient's atomic scatter is fast but its rounding order varies between
-        # runs; deterministic mode gathers each element in a fixed order instead.
-        gather_input = need_x and torch.are_deterministic_algorithms_enabled()
-        dx = doffset = dmask = None
-        if (need_x and not gather_input) or need_offset or need_mask:
-            dx, doffset, dmask = data_grad(dz, x, offset, mask, weight, geometry, offset_groups,
-                                           need_input=need_x and not gather_input,
-                                           need_offset=need_offset, need_mask=need_mask)
-        if gather_input:
-            dx = input_grad_deterministic(dz, x, offset, mask, weight, geometry, offset_groups)
-        dw = (weight_grad(dz, x, offset, mask, geometry, offset_groups, weight.dtype)
-              if need_w else None)
-        db = channel_sum(dz, weight.dtype) if need_b else None
-        return dx, doffset, dw, db, dmask, dz if need_r else None, None, None, None
+def _grads(dz, needs, x, offset, weight, bias, mask, residual, *options):
+    """dL/d(input, offset, weight, bias, mask) from dz = dL/d(pre-activation)."""
+    geometry, offset_groups = _geometry(x, offset, weight, mask, *options)
+    need_x, need_offset, need_w, need_b, need_mask, _ = needs
+    # The input gradient's atomic scatter is fast but its rounding order varies between
+    # runs; deterministic mode gathers each element in a fixed order instead.
+    gather_input = need_x and torch.are_deterministic_algorithms_enabled()
+    dx = doffset = dmask = None
+    if (need_x and not gather_input) or need_offset or need_mask:
+        dx, doffset, dmask = data_grad(dz, x, offset, mask, weight, geometry, offset_groups,
+                                       need_input=need_x and not gather_input,
+                                       need_offset=need_offset, need_mask=need_mask)
+    if gather_input:
+        dx = input_grad_deterministic(dz, x, offset, mask, weight, geometry, offset_groups)
+    dw = (weight_grad(dz, x, offset, mask, geometry, offset_groups, weight.dtype)
+          if need_w else None)
+    db = channel_sum(dz, weight.dtype) if need_b else None
+    return [dx, doffset, dw, db, dmask, None]
 
 
-def _torch_reference(x, offset, weight, stride, padding, dilation, mask):
+def _torchvision():
     try:
-        from torchvision.ops import deform_conv2d as torchvision_deform_conv2d
+        import torchvision.ops  # noqa: F401  (registers torch.ops.torchvision)
     except ImportError as error:
         raise BackendUnavailable(f"{OP}: the 'torch' backend runs torchvision.ops.deform_conv2d, "
                                  "and torchvision is not installed (pip install torchvision)"
                                  ) from error
-    return torchvision_deform_conv2d(x, offset, weight, None, stride, padding, dilation, mask)
+    return torch.ops.torchvision
+
+
+def _reference(x, offset, weight, bias, mask, residual, stride, padding, dilation):
+    """The pre-activation with torchvision's deform_conv2d (the torch backend)."""
+    out = _torchvision().deform_conv2d(x, weight, offset, *_torchvision_arguments(
+        x, offset, weight, bias, mask, stride, padding, dilation))
+    return out if residual is None else out + residual
+
+
+def _reference_grads(dz, needs, x, offset, weight, bias, mask, residual, *options):
+    """torchvision's own backward of `_reference`: torch.func cannot differentiate its op."""
+    mask_, bias_, *arguments = _torchvision_arguments(x, offset, weight, bias, mask, *options)
+    dx, dw, doffset, dmask, db = _torchvision()._deform_conv2d_backward(
+        dz, x, weight, offset, mask_, bias_, *arguments)
+    return [dx, doffset, dw, db if bias is not None else None,
+            dmask if mask is not None else None, None]
+
+
+def _torchvision_arguments(x, offset, weight, bias, mask, stride, padding, dilation) -> tuple:
+    """torchvision's operator's arguments after (input, weight, offset): mask, bias, ints."""
+    geometry, offset_groups = _geometry(x, offset, weight, mask, stride, padding, dilation)
+    mask_ = mask if mask is not None else x.new_zeros(x.shape[0], 1)
+    bias_ = bias if bias is not None else x.new_zeros(weight.shape[0])
+    return (mask_, bias_, *geometry.stride, *geometry.padding, *geometry.dilation,
+            geometry.groups, offset_groups, mask is not None)
+
+
+OPERATOR, _ = fused.register(FusedOp(
+    OP, ("Tensor input", "Tensor offset", "Tensor weight", "Tensor? bias", "Tensor? mask",
+         "Tensor? residual"), ("int[] stride", "int[] padding", "int[] dilation"),
+    _output, _launch, _reference, _grads, (like_layout, empty_like, dense, dense, empty_like,
+                                           like_layout), _reference_grads))
 
 
 def deform_conv2d(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor,
@@ -151,22 +179,9 @@ def deform_conv2d(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tenso
         check_tensor(OP, "mask", mask, (4,))
     check_same_device_dtype(OP, input, offset=offset, weight=weight, bias=bias, mask=mask,
                             residual=residual)
-    geometry, offset_groups = deform_geometry(
-        tuple(input.shape), tuple(offset.shape), tuple(weight.shape),
-        None if mask is None else tuple(mask.shape), stride, padding, dilation)
+    geometry, _ = _geometry(input, offset, weight, mask, stride, padding, dilation)
     check_bias(OP, bias, geometry.out_channels)
     check_residual(OP, residual, geometry.output_shape)
-
-    if backend_for(input.device) == "torch":
-        out = _torch_reference(input, offset, weight, geometry.stride, geometry.padding,
-                               geometry.dilation, mask)
-        return apply_epilogue(out, bias, residual, epilogue)
-    if input.numel() == 0 or weight.numel() == 0 or 0 in geometry.output_shape:
-        return apply_epilogue(empty_like_layout(geometry.output_shape, input).zero_(), bias,
-                              residual, epilogue)
-    tensors = (input, offset, weight, bias, mask, residual)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return _DeformConvFunction.apply(*tensors, geometry, offset_groups, epilogue)
-    out, _ = _launch_forward(input, offset, mask, weight, bias, residual, geometry,
-                             offset_groups, epilogue, False)
-    return out
+    return fused.call(OPERATOR, (input, offset, weight, bias, mask, residual),
+                      (list(geometry.stride), list(geometry.padding), list(geometry.dilation)),
+                      epilogue)

@@ -13,7 +13,8 @@ BatchNorm after either convolution folds in ahead of time (eval mode):
 `dw_weight, dw_bias = fold_batchnorm(dw_weight, dw_bias, bn1)` and likewise for the pointwise
 weight; `nn.DepthwiseSeparableConv2d.from_modules` does it for a torch block.
 
-Backward (autograd) recomputes the intermediate with the depthwise kernel rather than storing
+It is the operator `torch.ops.foveal.depthwise_separable_conv2d` (fused.py). Backward
+recomputes the intermediate with the depthwise kernel rather than storing
 it in the forward, then runs the 1x1's and the depthwise convolution's gradients through
 conv.py's backward kernels (pointwise GEMM, depthwise adjoint, weight gradients), all Triton.
 """
@@ -22,9 +23,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
-from .backend import backend_for
+from . import fused
 from .checks import check_bias, check_residual, check_same_device_dtype, check_tensor
 from .conv import conv_forward, conv_input_grad, conv_weight_grad
 from .elementwise import activation_backward, channel_sum
@@ -33,9 +33,10 @@ from .epilogue import (
     ActivationArg,
     Epilogue,
     activate,
-    apply_epilogue,
+    epilogue_from,
     parse_activation,
 )
+from .fused import FusedOp, dense, like_layout
 from .geometry import ConvGeometry, PaddingArg, conv_geometry
 from .pointwise import DepthwiseStage, launch_pointwise
 from .tensors import as_5d, empty_like_layout, pad_front
@@ -61,62 +62,70 @@ def _check_weights(x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Te
                          f"{tuple(pw_weight.shape)}")
 
 
-def _launch_fused(x, dw_weight, pw_weight, dw_bias, pw_bias, residual, geometry, mid, epilogue,
-                  keep_preactivation: bool):
-    out = empty_like_layout((geometry.batch, pw_weight.shape[0], *geometry.output_size), x)
-    preact = torch.empty_like(out) if keep_preactivation else None
+def _geometry(x, dw_weight, stride, padding, dilation, pad_same) -> ConvGeometry:
+    """The depthwise convolution's geometry (the 1x1 keeps its output size)."""
+    return conv_geometry(tuple(x.shape), tuple(dw_weight.shape), stride,
+                         "same" if pad_same else padding, dilation, x.shape[1], 2)
+
+
+def _output(x, dw_weight, pw_weight, dw_bias, pw_bias, residual, stride, padding, dilation,
+            pad_same, *_mid) -> torch.Tensor:
+    geometry = _geometry(x, dw_weight, stride, padding, dilation, pad_same)
+    return empty_like_layout((geometry.batch, pw_weight.shape[0], *geometry.output_size), x)
+
+
+def _launch(out, preact, x, dw_weight, pw_weight, dw_bias, pw_bias, residual, stride, padding,
+            dilation, pad_same, mid_activation, mid_negative_slope, epilogue, _) -> None:
+    geometry = _geometry(x, dw_weight, stride, padding, dilation, pad_same)
     launch_pointwise(as_5d(x), as_5d(pw_weight), as_5d(out), stride=pad_front(geometry.stride, 1),
                      bias=pw_bias, residual=None if residual is None else as_5d(residual),
                      preact=None if preact is None else as_5d(preact), epilogue=epilogue,
                      depthwise=DepthwiseStage(as_5d(dw_weight), dw_bias,
                                               pad_front(geometry.padding, 0),
-                                              pad_front(geometry.dilation, 1), mid))
-    return out, preact
+                                              pad_front(geometry.dilation, 1),
+                                              epilogue_from(mid_activation, mid_negative_slope)))
 
 
-class _DepthwiseSeparableFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, dw_weight, pw_weight, dw_bias, pw_bias, residual,
-                geometry: ConvGeometry, mid: Epilogue, epilogue: Epilogue):
-        keep = epilogue.grad_needs_preactivation
-        out, preact = _launch_fused(x, dw_weight, pw_weight, dw_bias, pw_bias, residual,
-                                    geometry, mid, epilogue, keep)
-        ctx.geometry, ctx.mid, ctx.epilogue = geometry, mid, epilogue
-        ctx.save_for_backward(x, dw_weight, pw_weight, dw_bias, preact if keep else out)
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        x, dw_weight, pw_weight, dw_bias, saved = ctx.saved_tensors
-        geometry, mid, epilogue = ctx.geometry, ctx.mid, ctx.epilogue
-        need_x, need_dw, need_pw, need_dwb, need_pwb, need_r = ctx.needs_input_grad[:6]
-        dz = grad_out
-        if epilogue.activation is not Activation.NONE:
-            dz = activation_backward(grad_out, saved, epilogue)
-        # Recompute the intermediate m = mid(depthwise(x) + dw_bias) (and its pre-activation
-        # when the mid activation's derivative needs it): the forward never stored it.
-        m, m_preact = conv_forward(x, dw_weight, dw_bias, None, geometry, mid,
-                                   mid.grad_needs_preactivation)
-        pointwise = conv_geometry(tuple(m.shape), tuple(pw_weight.shape), 1, 0, 1, 1, 2)
-        d_pw = conv_weight_grad(dz, m, pw_weight, pointwise) if need_pw else None
-        d_pwb = channel_sum(dz, pw_weight.dtype) if need_pwb else None
-        d_x = d_dw = d_dwb = None
-        if need_x or need_dw or need_dwb:
-            dm = conv_input_grad(dz, pw_weight, m, pointwise)
-            if mid.activation is not Activation.NONE:
-                dm = activation_backward(dm, m if m_preact is None else m_preact, mid)
-            d_x = conv_input_grad(dm, dw_weight, x, geometry) if need_x else None
-            d_dw = conv_weight_grad(dm, x, dw_weight, geometry) if need_dw else None
-            d_dwb = channel_sum(dm, dw_weight.dtype) if need_dwb else None
-        return d_x, d_dw, d_pw, d_dwb, d_pwb, dz if need_r else None, None, None, None
+def _grads(dz, needs, x, dw_weight, pw_weight, dw_bias, pw_bias, residual, stride, padding,
+           dilation, pad_same, mid_activation, mid_negative_slope):
+    """Every gradient from dz = dL/d(pre-activation), recomputing the intermediate."""
+    geometry = _geometry(x, dw_weight, stride, padding, dilation, pad_same)
+    mid = epilogue_from(mid_activation, mid_negative_slope)
+    need_x, need_dw, need_pw, need_dwb, need_pwb, _ = needs
+    # Recompute the intermediate m = mid(depthwise(x) + dw_bias) (and its pre-activation
+    # when the mid activation's derivative needs it): the forward never stored it.
+    m, m_preact = conv_forward(x, dw_weight, dw_bias, geometry, mid,
+                               mid.grad_needs_preactivation)
+    pointwise = conv_geometry(tuple(m.shape), tuple(pw_weight.shape), 1, 0, 1, 1, 2)
+    d_pw = conv_weight_grad(dz, m, pw_weight, pointwise) if need_pw else None
+    d_pwb = channel_sum(dz, pw_weight.dtype) if need_pwb else None
+    d_x = d_dw = d_dwb = None
+    if need_x or need_dw or need_dwb:
+        dm = conv_input_grad(dz, pw_weight, m, pointwise)
+        if mid.activation is not Activation.NONE:
+            dm = activation_backward(dm, m if m_preact is None else m_preact, mid)
+        d_x = conv_input_grad(dm, dw_weight, x, geometry) if need_x else None
+        d_dw = conv_weight_grad(dm, x, dw_weight, geometry) if need_dw else None
+        d_dwb = channel_sum(dm, dw_weight.dtype) if need_dwb else None
+    return [d_x, d_dw, d_pw, d_dwb, d_pwb, None]
 
 
-def _torch_ops(x, dw_weight, pw_weight, dw_bias, pw_bias, residual, geometry, mid, epilogue,
-               stride, padding, dilation):
-    """PyTorch's own ops, for the torch backend (serving on a CPU)."""
-    m = activate(F.conv2d(x, dw_weight, dw_bias, stride, padding, dilation, geometry.groups), mid)
-    return apply_epilogue(F.conv2d(m, pw_weight, pw_bias), None, residual, epilogue)
+def _reference(x, dw_weight, pw_weight, dw_bias, pw_bias, residual, stride, padding, dilation,
+               pad_same, mid_activation, mid_negative_slope) -> torch.Tensor:
+    """The pre-activation with PyTorch's ops (the torch backend)."""
+    m = activate(F.conv2d(x, dw_weight, dw_bias, stride, "same" if pad_same else padding,
+                          dilation, x.shape[1]),
+                 epilogue_from(mid_activation, mid_negative_slope))
+    out = F.conv2d(m, pw_weight, pw_bias)
+    return out if residual is None else out + residual
+
+
+OPERATOR, _ = fused.register(FusedOp(
+    OP, ("Tensor x", "Tensor dw_weight", "Tensor pw_weight", "Tensor? dw_bias",
+         "Tensor? pw_bias", "Tensor? residual"),
+    ("int[] stride", "int[] padding", "int[] dilation", "bool pad_same", "str? mid_activation",
+     "float mid_negative_slope"),
+    _output, _launch, _reference, _grads, (like_layout, dense, dense, dense, dense, like_layout)))
 
 
 def depthwise_separable_conv2d(
@@ -145,24 +154,14 @@ def depthwise_separable_conv2d(
     unbatched = x.dim() == 3
     x4 = x.unsqueeze(0) if unbatched else x
     channels = x4.shape[1]
-    geometry = conv_geometry(tuple(x4.shape), tuple(dw_weight.shape), stride, padding, dilation,
-                             channels, 2)
+    geometry = _geometry(x4, dw_weight, stride, padding, dilation, False)
     out_shape = (geometry.batch, pw_weight.shape[0], *geometry.output_size)
     check_bias(OP, dw_bias, channels, name="dw_bias")
     check_bias(OP, pw_bias, pw_weight.shape[0], name="pw_bias")
     check_residual(OP, residual, out_shape[1:] if unbatched else out_shape)
     res = residual.unsqueeze(0) if unbatched and residual is not None else residual
 
-    if backend_for(x4.device) == "torch":
-        out = _torch_ops(x4, dw_weight, pw_weight, dw_bias, pw_bias, res, geometry, mid, epilogue,
-                         stride, padding, dilation)
-    elif x4.numel() == 0 or 0 in out_shape:
-        out = apply_epilogue(empty_like_layout(out_shape, x4).zero_(), pw_bias, res, epilogue)
-    elif torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in
-                                         (x4, dw_weight, pw_weight, dw_bias, pw_bias, res)):
-        out = _DepthwiseSeparableFunction.apply(x4, dw_weight, pw_weight, dw_bias, pw_bias, res,
-                                                geometry, mid, epilogue)
-    else:
-        out, _ = _launch_fused(x4, dw_weight, pw_weight, dw_bias, pw_bias, res, geometry, mid,
-                               epilogue, False)
+    out = fused.call(OPERATOR, (x4, dw_weight, pw_weight, dw_bias, pw_bias, res),
+                     (list(geometry.stride), list(geometry.padding), list(geometry.dilation),
+                      padding == "same", mid.name, mid.alpha), epilogue)
     return out.squeeze(0) if unbatched else out

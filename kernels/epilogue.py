@@ -51,6 +51,13 @@ class Epilogue:
         return None if self.activation is Activation.NONE else self.activation.name.lower()
 
     @property
+    def argument(self) -> ActivationArg:
+        """The `activation=` argument that `parse_activation` turns into this epilogue."""
+        if self.activation is Activation.LEAKY_RELU:
+            return ("leaky_relu", self.alpha)
+        return self.name
+
+    @property
     def grad_needs_preactivation(self) -> bool:
         """True when the activation's derivative cannot be read off its output alone."""
         if self.activation is Activation.LEAKY_RELU:
@@ -59,6 +66,17 @@ class Epilogue:
 
 
 NO_EPILOGUE = Epilogue()
+
+
+def epilogue_from(activation: str | None, negative_slope: float) -> Epilogue:
+    """The Epilogue that an operator's (activation, negative_slope) arguments name.
+
+    Operators take an epilogue as `(epilogue.name, epilogue.alpha)`.
+    """
+    if activation is None:
+        return NO_EPILOGUE
+    kind = ACTIVATION_NAMES[activation]
+    return Epilogue(kind, float(negative_slope) if kind is Activation.LEAKY_RELU else 0.0)
 
 
 def parse_activation(activation: ActivationArg) -> Epilogue:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,7 +17,11 @@ PaddingArg = int | Sequence[int] | str
 
 
 def _is_int(v: object) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+    """An int, or a symbolic one (torch.SymInt: a dynamic size while torch.compile traces)."""
+    if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+        return True
+    torch = sys.modules.get("torch")  # never imported here: see the module docstring
+    return torch is not None and isinstance(v, torch.SymInt)
 
 
 def expand(value: int | Sequence[int], n: int, name: str, *,

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from .backend import INTERPRETED
+from .library import RealImplementations
 
 Grid = tuple[int, ...] | Callable[[dict[str, Any]], tuple[int, ...]]
 
@@ -82,14 +83,19 @@ def launch(kernel: Any, grid: Grid, *args: Any, **constexprs: Any) -> None:
 
 @contextlib.contextmanager
 def planning(target: PlanningTarget) -> Iterator[list[LaunchPlan]]:
-    """Record launches instead of running them; meta tensors then stand for `target`'s."""
+    """Record launches instead of running them; meta tensors then stand for `target`'s.
+
+    foveal's operators run their real implementations here, forward and backward, even on
+    meta tensors, whose dispatch would otherwise reach the fake implementations.
+    """
     if INTERPRETED:
         raise RuntimeError("planning GPU launches needs the real Triton compiler: unset "
                            "TRITON_INTERPRET before foveal.kernels is imported")
     recorder = _Recorder(target)
     token = _recorder.set(recorder)
     try:
-        yield recorder.plans
+        with RealImplementations():
+            yield recorder.plans
     finally:
         _recorder.reset(token)
 

@@ -23,20 +23,18 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-from torch.autograd.function import once_differentiable
 
+from . import fused
 from .autotune import autotuned, prune_tiles
-from .backend import backend_for
 from .checks import check_residual, check_same_device_dtype, check_tensor
-from .elementwise import activation_backward, channel_sum
+from .elementwise import channel_sum
 from .epilogue import (
     NO_EPILOGUE,
-    Activation,
     ActivationArg,
     Epilogue,
-    apply_epilogue,
     parse_activation,
 )
+from .fused import CONV_TENSORS, FusedOp, dense, like_layout
 from .geometry import ConvGeometry, PaddingArg, conv_geometry
 from .igemm import input_precision, tap_plan
 from .launch import launch, upcast_operands
@@ -260,50 +258,43 @@ def local_weight_grad(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     return grad
 
 
-def _launch_forward(x, weight, bias, residual, geometry: ConvGeometry, epilogue: Epilogue,
-                    keep_preactivation: bool):
-    out = empty_like_layout(geometry.output_shape, x)
-    preact = torch.empty_like(out) if keep_preactivation else None
-    _launch(x, weight, out, geometry, transposed=False, bias=bias, residual=residual,
-            preact=preact, epilogue=epilogue)
-    return out, preact
-
-
 def _bias_grad(dz: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     if bias.dim() == 1:
         return channel_sum(dz, bias.dtype)
     return channel_sum(dz.reshape(dz.shape[0], -1), bias.dtype).reshape(bias.shape)
 
 
-class _LocalConvFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, residual, geometry: ConvGeometry, epilogue: Epilogue):
-        keep = epilogue.grad_needs_preactivation
-        out, preact = _launch_forward(x, weight, bias, residual, geometry, epilogue, keep)
-        ctx.geometry, ctx.epilogue = geometry, epilogue
-        ctx.save_for_backward(x, weight, bias, preact if keep else out)
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        x, weight, bias, saved = ctx.saved_tensors
-        geometry, epilogue = ctx.geometry, ctx.epilogue
-        dz = grad_out
-        if epilogue.activation is not Activation.NONE:
-            dz = activation_backward(grad_out, saved, epilogue)
-        need_x, need_w, need_b, need_r = ctx.needs_input_grad[:4]
-        dx = None
-        if need_x:
-            dx = empty_like_layout(tuple(x.shape), x)
-            _launch(dz, weight, dx, geometry, transposed=True)
-        dw = local_weight_grad(dz, x, weight, geometry) if need_w else None
-        db = _bias_grad(dz, bias) if need_b else None
-        return dx, dw, db, dz if need_r else None, None, None
+def _geometry(x, weight, stride, padding, dilation, groups, pad_same) -> ConvGeometry:
+    return conv_geometry(tuple(x.shape), tuple(weight.shape[2:]), stride,
+                         "same" if pad_same else padding, dilation, groups, 2)
 
 
-def _torch_ops(x, weight, bias, residual, geometry: ConvGeometry, epilogue: Epilogue):
-    """PyTorch's own ops for the torch backend: one einsum per kernel tap over strided views."""
+def _output(x, weight, bias, residual, *options) -> torch.Tensor:
+    return empty_like_layout(_geometry(x, weight, *options).output_shape, x)
+
+
+def _launch_forward(out, preact, x, weight, bias, residual, *rest) -> None:
+    *options, epilogue, _ = rest
+    _launch(x, weight, out, _geometry(x, weight, *options), transposed=False, bias=bias,
+            residual=residual, preact=preact, epilogue=epilogue)
+
+
+def _grads(dz, needs, x, weight, bias, residual, *options):
+    """dL/d(input, weight, bias) from dz = dL/d(pre-activation)."""
+    geometry = _geometry(x, weight, *options)
+    need_x, need_w, need_b, _ = needs
+    dx = None
+    if need_x:
+        dx = empty_like_layout(tuple(x.shape), x)
+        _launch(dz, weight, dx, geometry, transposed=True)
+    dw = local_weight_grad(dz, x, weight, geometry) if need_w else None
+    db = _bias_grad(dz, bias) if need_b else None
+    return [dx, dw, db, None]
+
+
+def _torch_ops(x, weight, bias, residual, *options) -> torch.Tensor:
+    """The pre-activation with PyTorch's ops (the torch backend): an einsum per kernel tap."""
+    geometry = _geometry(x, weight, *options)
     (pad_h, pad_w), (s_h, s_w), (d_h, d_w) = geometry.padding, geometry.stride, geometry.dilation
     (k_h, k_w), (h_out, w_out) = geometry.kernel_size, geometry.output_size
     span_h, span_w = s_h * (h_out - 1) + 1, s_w * (w_out - 1) + 1
@@ -318,9 +309,15 @@ def _torch_ops(x, weight, bias, residual, geometry: ConvGeometry, epilogue: Epil
         for kw in range(k_w):
             window = padded[:, :, kh * d_h:kh * d_h + span_h:s_h, kw * d_w:kw * d_w + span_w:s_w]
             window = window.reshape(batch, groups, geometry.in_per_group, h_out, w_out)
-            out += torch.einsum("ngihw,hwgoi->ngohw", window, w[..., kh, kw])
-    return apply_epilogue(_add_bias(out.reshape(geometry.output_shape), bias), None, residual,
-                          epilogue)
+            out = out + torch.einsum("ngihw,hwgoi->ngohw", window, w[..., kh, kw])
+    out = _add_bias(out.reshape(geometry.output_shape), bias)
+    return out if residual is None else out + residual
+
+
+OPERATOR, _ = fused.register(FusedOp(
+    OP, CONV_TENSORS, ("int[] stride", "int[] padding", "int[] dilation", "int groups",
+                       "bool pad_same"),
+    _output, _launch_forward, _torch_ops, _grads, (like_layout, dense, dense, like_layout)))
 
 
 def _add_bias(out: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -362,21 +359,13 @@ def local_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     check_same_device_dtype(OP, input, weight=weight, bias=bias, residual=residual)
     unbatched = input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
-    geometry = conv_geometry(tuple(x.shape), tuple(weight.shape[2:]), stride, padding, dilation,
-                             groups, 2)
+    geometry = _geometry(x, weight, stride, padding, dilation, groups, False)
     _check_weight_and_bias(weight, bias, geometry)
     out_shape = geometry.output_shape
     check_residual(OP, residual, out_shape[1:] if unbatched else out_shape)
     res = residual.unsqueeze(0) if unbatched and residual is not None else residual
 
-    if backend_for(x.device) == "torch":
-        out = _torch_ops(x, weight, bias, res, geometry, epilogue)
-    elif x.numel() == 0 or weight.numel() == 0 or 0 in out_shape:
-        out = apply_epilogue(_add_bias(empty_like_layout(out_shape, x).zero_(), bias), None, res,
-                             epilogue)
-    elif torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                         for t in (x, weight, bias, res)):
-        out = _LocalConvFunction.apply(x, weight, bias, res, geometry, epilogue)
-    else:
-        out, _ = _launch_forward(x, weight, bias, res, geometry, epilogue, False)
+    out = fused.call(OPERATOR, (x, weight, bias, res),
+                     (list(geometry.stride), list(geometry.padding), list(geometry.dilation),
+                      groups, padding == "same"), epilogue)
     return out.squeeze(0) if unbatched else out

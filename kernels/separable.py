@@ -14,7 +14,8 @@ A multiply-accumulate count of (C_in/groups * kH + kW) per output instead of
 C_in/groups * kH * kW. It runs as two launches of the core kernels (the implicit GEMM, or the
 depthwise kernel when groups == C_in, then the depthwise kernel with the fused epilogue); the
 intermediate (N, C_out, H_out, W) goes through device memory, because a single kernel would
-have to recompute the column convolution for each of the kW row taps, losing the saving.
+have to recompute the column convolution for each of the kW row taps, losing the saving. The
+operator `torch.ops.foveal.separable_conv2d` is that composition of two `foveal::conv2d`.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from typing import NamedTuple
 
 import torch
 
+from . import library
 from .checks import check_bias, check_residual, check_same_device_dtype, check_tensor
 from .conv import conv2d
-from .epilogue import ActivationArg, parse_activation
-from .geometry import PaddingArg, conv_geometry, expand
+from .epilogue import ActivationArg, epilogue_from, parse_activation
+from .geometry import PaddingArg, conv_geometry
 
 OP = "separable_conv2d"
 IntArg = int | tuple[int, int]
@@ -89,7 +91,7 @@ def separable_conv2d(input: torch.Tensor, weight_col: torch.Tensor, weight_row: 
     the equivalent kH x kW convolution); the column pass takes the H components, the row pass
     the W components, the bias and the fused epilogue. Differentiable.
     """
-    parse_activation(activation)
+    epilogue = parse_activation(activation)
     check_tensor(OP, "input", input, (3, 4))
     check_tensor(OP, "weight_col", weight_col, (4,))
     check_tensor(OP, "weight_row", weight_row, (4,))
@@ -105,13 +107,25 @@ def separable_conv2d(input: torch.Tensor, weight_col: torch.Tensor, weight_row: 
     check_bias(OP, bias, c_out)
     check_residual(OP, residual, geometry.output_shape[1:] if unbatched
                    else geometry.output_shape)
-    stride_h, stride_w = expand(stride, 2, "stride")
-    dilation_h, dilation_w = expand(dilation, 2, "dilation")
-    if isinstance(padding, str):
-        pad_col = pad_row = padding
-    else:
-        pad_h, pad_w = expand(padding, 2, "padding")
-        pad_col, pad_row = (pad_h, 0), (0, pad_w)
-    columns = conv2d(input, weight_col, None, (stride_h, 1), pad_col, (dilation_h, 1), groups)
-    return conv2d(columns, weight_row, bias, (1, stride_w), pad_row, (1, dilation_w), c_out,
-                  activation=activation, residual=residual)
+    x = input.unsqueeze(0) if unbatched else input
+    res = residual.unsqueeze(0) if unbatched and residual is not None else residual
+    out = OPERATOR(x, weight_col, weight_row, bias, res, list(geometry.stride),
+                   list(geometry.padding), list(geometry.dilation), groups, padding == "same",
+                   epilogue.name, epilogue.alpha)
+    return out.squeeze(0) if unbatched else out
+
+
+def _separable(input, weight_col, weight_row, bias, residual, stride, padding, dilation, groups,
+               pad_same, activation, negative_slope):
+    """The column pass, then the row pass with the bias and the epilogue: two conv2d ops."""
+    pad_col, pad_row = ("same", "same") if pad_same else ((padding[0], 0), (0, padding[1]))
+    columns = conv2d(input, weight_col, None, (stride[0], 1), pad_col, (dilation[0], 1), groups)
+    epilogue = epilogue_from(activation, negative_slope)
+    return conv2d(columns, weight_row, bias, (1, stride[1]), pad_row, (1, dilation[1]),
+                  weight_col.shape[0], activation=epilogue.argument, residual=residual)
+
+
+OPERATOR = library.composite_op(
+    OP, "(Tensor input, Tensor weight_col, Tensor weight_row, Tensor? bias, Tensor? residual, "
+        "int[] stride, int[] padding, int[] dilation, int groups, bool pad_same, "
+        "str? activation, float negative_slope) -> Tensor", _separable)
