@@ -99,10 +99,10 @@ def _prune_gather(configs, args):
 # Spill-free within sm_80's and sm_90's shared memory in fp16, bf16 and fp32 (see
 # deform_kernels' tile lists). (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages).
 _GATHER_TILES = (
-    (128, 64, 32, 4, 3),
+    (128, 64, 32, 8, 3),
+    (64, 64, 32, 8, 3),
+    (128, 32, 32, 4, 3),
     (64, 64, 32, 4, 3),
-    (128, 64, 64, 8, 3),
-    (64, 64, 64, 4, 3),
     (64, 32, 32, 4, 3),
 )
 
