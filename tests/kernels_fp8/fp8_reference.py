@@ -1,0 +1,53 @@
+"""Independent FP8 references: e4m3 rounding by search over the 256 codes, and the convolutions
+in float64 of the dequantized and of the unquantized operands."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+FP8 = torch.float8_e4m3fn
+UNIT_ROUNDOFF = 2.0**-4  # e4m3 keeps 3 mantissa bits: relative rounding error <= 2**-4
+# ||fp8 conv - exact conv|| / ||exact conv|| on random operands: each product carries the two
+# operands' relative rounding errors, each at most 2**-4 / m for mantissa m in [1, 2) and
+# uniform in +-that, so with RMS at most 2**-4 / sqrt(12) per operand; independent over the
+# sum, the relative RMS error of the output is at most their sum, u / sqrt(3) (~0.036).
+QUANTIZED_TOLERANCE = 2 * UNIT_ROUNDOFF / math.sqrt(12)
+
+
+def e4m3_values() -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, codes) of every finite e4m3 number but -0, sorted by value (float64, uint8)."""
+    codes = torch.arange(256, dtype=torch.uint8)
+    values = codes.view(FP8).double()
+    keep = torch.isfinite(values) & ~((values == 0) & (codes >= 128))
+    values, codes = values[keep], codes[keep]
+    order = values.argsort()
+    return values[order], codes[order]
+
+
+def round_e4m3(x: torch.Tensor) -> torch.Tensor:
+    """x rounded to the nearest e4m3 value, ties to the even code, saturating at +-448
+    (float64): a search over the code table, not a cast."""
+    values, codes = e4m3_values()
+    x = x.double().clamp(values[0].item(), values[-1].item()).contiguous()
+    hi = torch.searchsorted(values, x).clamp(1, len(values) - 1)
+    lo = hi - 1
+    below, above = x - values[lo], values[hi] - x
+    even_hi = (codes[hi] & 1) == 0
+    pick_hi = (above < below) | ((above == below) & even_hi)
+    return torch.where(pick_hi, values[hi], values[lo])
+
+
+def dequantized(q: torch.Tensor, scale: torch.Tensor, axis: int | None = None) -> torch.Tensor:
+    """q * scale in float64 (per tensor, or per slice along `axis`)."""
+    s = scale.double()
+    if axis is not None:
+        shape = [1] * q.dim()
+        shape[axis] = -1
+        s = s.reshape(shape)
+    return q.double() * s
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.double() - ref).norm() / ref.norm()).item()
