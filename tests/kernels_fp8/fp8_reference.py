@@ -51,3 +51,52 @@ def dequantized(q: torch.Tensor, scale: torch.Tensor, axis: int | None = None) -
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out.double() - ref).norm() / ref.norm()).item()
+
+
+def fit_batchnorms(model: torch.nn.Module, batches) -> torch.nn.Module:
+    """The model in eval mode with every BatchNorm's statistics estimated from `batches`, as
+    training leaves them: activations near unit scale, features that differ between images.
+    (Random statistics, as the fusion tests use, leave ResNets' pooled features nearly the same
+    for every image: cosine similarities near 1 would then prove nothing.)"""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # a cumulative average over the batches
+    model.train()
+    with torch.no_grad():
+        for batch in batches:
+            model(batch)
+    return model.eval()
+
+
+def emulated_fp8(model: torch.nn.Module, x: torch.Tensor, calibration=None) -> torch.Tensor:
+    """What FP8 post-training quantization of `model` computes, written with PyTorch ops: the
+    BatchNorm-folded convolutions (`optimize` without FP8, fusion being tested elsewhere), each
+    but the first, the last and the depthwise ones with its weight rounded to e4m3 per output
+    channel and its input per tensor (scale amax / 448: over the calibration batches, or each
+    input's own), by `round_e4m3`; the rest in FP32."""
+    import foveal.kernels as fk
+
+    fused = fk.optimize(model, depthwise_separable=False)
+    convs = [m for m in fused.modules() if isinstance(m, fk.nn.Conv2d)][1:-1]
+    convs = [c for c in convs if c.groups != c.in_channels]
+    amax: dict[torch.nn.Module, float] = {}
+
+    def record(module, args):
+        amax[module] = max(amax.get(module, 0.0), args[0].abs().max().item())
+
+    def quantize_input(module, args):
+        scale = torch.tensor(amax.get(module, args[0].abs().max().item()) / 448)
+        return (round_e4m3(args[0] / scale).float() * scale,)
+
+    with torch.no_grad(), fk.use_backend("torch"):
+        hooks = [c.register_forward_pre_hook(record) for c in convs]
+        for batch in calibration or ():
+            fused(batch)
+        for hook in hooks:
+            hook.remove()
+        for conv in convs:
+            scale = conv.weight.abs().amax(dim=(1, 2, 3), keepdim=True).float() / 448
+            conv.weight.copy_(round_e4m3(conv.weight / scale) * scale)
+            conv.register_forward_pre_hook(quantize_input)
+        return fused(x)
