@@ -41,10 +41,10 @@ FOVEAL, PYTORCH, COMPILED = "foveal", "pytorch", "torch.compile"
 # ||out - ref|| / ||ref|| allowed per dtype (float64 reference). fp32 covers TF32 (~3e-4);
 # fp16 and bf16 cover rounding of inputs and outputs. A wrong index gives errors near 1.
 # FP8 ops are checked against float64 on their dequantized operands; e4m3 rounding of what
-# they quantize themselves (an intermediate) is allowed its RMS bound, 2**-4 / sqrt(3)
+# they quantize themselves (an intermediate) is allowed its RMS bound, 2**-4 sqrt(2/3)
 # (docs/kernels.md, FP8 numerics).
 TOLERANCE = {"float64": 1e-9, "float32": 2e-3, "float16": 5e-3, "bfloat16": 2e-2,
-             "float8_e4m3fn": 3.6e-2}
+             "float8_e4m3fn": 5.1e-2}
 INTERRUPTED = "interrupted (Ctrl-C or the time limit's SIGINT)"
 
 

@@ -9,11 +9,12 @@ import torch
 
 FP8 = torch.float8_e4m3fn
 UNIT_ROUNDOFF = 2.0**-4  # e4m3 keeps 3 mantissa bits: relative rounding error <= 2**-4
-# ||fp8 conv - exact conv|| / ||exact conv|| on random operands: each product carries the two
-# operands' relative rounding errors, each at most 2**-4 / m for mantissa m in [1, 2) and
-# uniform in +-that, so with RMS at most 2**-4 / sqrt(12) per operand; independent over the
-# sum, the relative RMS error of the output is at most their sum, u / sqrt(3) (~0.036).
-QUANTIZED_TOLERANCE = 2 * UNIT_ROUNDOFF / math.sqrt(12)
+# ||fp8 conv - exact conv|| / ||exact conv|| on random operands. An operand m * 2**e (m in
+# [1, 2)) is rounded to a step of 2**(e-3): its error is about uniform within half a step, so
+# its relative RMS error is 2**-4 / (m sqrt(3)) <= u / sqrt(3). A product carries two such
+# independent errors (RMS <= u sqrt(2/3)), and a sum of many products of random signs has the
+# products' relative RMS error: u sqrt(2/3), 0.051.
+QUANTIZED_TOLERANCE = UNIT_ROUNDOFF * math.sqrt(2 / 3)
 
 
 def e4m3_values() -> tuple[torch.Tensor, torch.Tensor]:
