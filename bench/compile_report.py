@@ -15,7 +15,7 @@ from typing import Any
 
 from . import offline_compiler as oc
 from .compile_page import HEADERS, table_rows
-from .compilecheck import TENSOR_CORE_DTYPES, CompileRun, Job
+from .compilecheck import FP8_DTYPES, TENSOR_CORE_DTYPES, CompileRun, Job
 from .table import render_plain
 
 KIND = "foveal-compilecheck"
@@ -26,7 +26,7 @@ _CASES_SHOWN = 3  # cases named per violation
 class Violation:
     """A rule a compiled kernel broke, with the config and the cases that launch it."""
 
-    rule: str  # compile | shared-memory | tensor-cores | spill | planning
+    rule: str  # compile | shared-memory | tensor-cores | fp8-tensor-cores | spill | planning
     kernel: str
     arch: str
     config: dict[str, Any]
@@ -61,6 +61,12 @@ def job_violations(job: Job) -> list[tuple[str, str]]:
     if result.dot and result.tensor_cores is None and job.dtypes & set(TENSOR_CORE_DTYPES):
         found.append(("tensor-cores", "tl.dot on " + "/".join(sorted(job.dtypes))
                       + " without wgmma or mma instructions"))
+    if result.dot and job.dtypes & set(FP8_DTYPES):
+        wanted = "wgmma" if "wgmma.mma_async" in arch.tensor_core_ops else "mma"
+        if result.tensor_cores != wanted or result.tensor_core_operands != "e4m3":
+            found.append(("fp8-tensor-cores", f"tl.dot on FP8 without FP8 {wanted} (got "
+                          f"{result.tensor_cores or 'none'} on "
+                          f"{result.tensor_core_operands or 'nothing'})"))
     if result.spill_store_bytes is None or result.spill_load_bytes is None:
         found.append(("spill", "ptxas reported no spill figures"))
     elif result.spill_store_bytes or result.spill_load_bytes:
@@ -106,6 +112,14 @@ def _span(values: list[int]) -> str:
     return str(low) if low == high else f"{low}-{high}"
 
 
+def _tensor_cores(result: oc.Compiled) -> str:
+    """"wgmma e4m3", "mma f16", or "none" for a tl.dot kernel."""
+    if result.tensor_cores is None:
+        return "none"
+    operands = result.tensor_core_operands
+    return f"{result.tensor_cores} {operands}" if operands else result.tensor_cores
+
+
 def summarize(run: CompileRun) -> list[KernelSummary]:
     groups: dict[tuple[str, str, str], list[Job]] = defaultdict(list)
     for job in run.jobs:
@@ -121,7 +135,7 @@ def summarize(run: CompileRun) -> list[KernelSummary]:
         row.worst_stack_bytes = max((r.stack_bytes or 0 for r in ok), default=0)
         row.max_shared_bytes = max((r.shared_bytes or 0 for r in ok), default=0)
         if any(r.dot for r in ok):
-            kinds = sorted({r.tensor_cores or "none" for r in ok if r.dot})
+            kinds = sorted({_tensor_cores(r) for r in ok if r.dot})
             row.tensor_cores = "+".join(kinds)
         row.widest_load_bytes = _span([r.widest_load_bytes for r in ok
                                        if r.widest_load_bytes is not None])
@@ -137,7 +151,18 @@ def format_report(run: CompileRun, found: Sequence[Violation]) -> str:
     lines.append(f"{len(run.jobs)} distinct kernels compiled for {', '.join(run.archs)} with "
                  f"Triton {run.triton} in {run.seconds:.0f} s; {len(found)} rule violation(s)")
     lines += [f"  {v.line()}" for v in found]
+    lines += _skipped_lines(run)
     return "\n".join(lines)
+
+
+def _skipped_lines(run: CompileRun) -> list[str]:
+    """The skipped cases, one line per reason."""
+    by_reason: dict[str, list[str]] = defaultdict(list)
+    for case, why in run.skipped:
+        by_reason[why].append(case.label)
+    return [f"skipped {len(labels)} case(s): {why} ({', '.join(labels[:_CASES_SHOWN])}"
+            f"{', ...' if len(labels) > _CASES_SHOWN else ''})"
+            for why, labels in by_reason.items()]
 
 
 LAUNCH_HEADERS = ["config", "regs", "spill st/ld B", "stack B", "smem KiB", "tensor cores",
@@ -172,6 +197,8 @@ def format_launches(run: CompileRun) -> str:
             lines += ["    " + line for line in table.splitlines()]
     for case, error in run.planning_errors:
         lines.append(f"{case.label}: planning failed: {error}")
+    for case, why in run.skipped:
+        lines.append(f"{case.label}: skipped: {why}")
     return "\n".join(lines)
 
 
@@ -200,13 +227,16 @@ def document(run: CompileRun, arch: str, settings: dict[str, Any]) -> dict[str, 
     cases = [{"workload": case.workload.name, "dtype": case.dtype, "mode": case.mode,
               "launches": [[renumber[i] for i in candidates] for candidates in launches]}
              for case, launches in run.cases if case.arch == arch]
+    skipped = [{"workload": case.workload.name, "dtype": case.dtype, "mode": case.mode,
+                "reason": why} for case, why in run.skipped if case.arch == arch]
     return {"kind": KIND, "arch": asdict(oc.ARCHS[arch]), "environment": environment(),
             "settings": settings, "seconds": round(run.seconds, 1),
             "summary": {"jobs": len(jobs), "violations": len(found),
                         "compile_errors": sum(v.rule == "compile" for v in found),
                         "spilling": sum(v.rule == "spill" for v in found)},
             "kernels": [asdict(s) for s in summarize(run) if s.arch == arch],
-            "violations": [asdict(v) for v in found], "jobs": jobs, "cases": cases}
+            "violations": [asdict(v) for v in found], "jobs": jobs, "cases": cases,
+            "skipped": skipped}
 
 
 def result_name(triton_version: str, arch: str) -> str:

@@ -11,10 +11,14 @@ parallel processes (`offline_compiler.compile_job`), and the rules below are che
 - it compiles;
 - its shared memory fits one block of the architecture;
 - a tl.dot kernel running fp16/bf16 uses tensor-core instructions (wgmma or mma);
+- a tl.dot kernel running FP8 (e4m3) uses FP8 tensor-core instructions (wgmma on sm_90);
 - no config the autotuner can pick spills registers.
 
 Three modes per case: inference (no autograd: the service's path), training (forward with
-autograd, then the backward), and training under `torch.use_deterministic_algorithms`.
+autograd, then the backward), and training under `torch.use_deterministic_algorithms`; an
+inference-only op (FP8) is checked in inference whatever modes are asked. A dtype an
+architecture cannot run (FP8 before sm_89) is not compiled for it: the case is reported as
+skipped, with the reason.
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ MODES = ("inference", "training", "deterministic")
 QUICK_MODES = ("training", "deterministic")
 DEFAULT_DTYPES = ("float16", "bfloat16", "float32")
 TENSOR_CORE_DTYPES = ("float16", "bfloat16")
+# Checked where a workload lists them (FP8 ops run in nothing else), on sm_89 and newer.
+FP8_DTYPES = ("float8_e4m3fn",)
+CHECKABLE_DTYPES = (*DEFAULT_DTYPES, *FP8_DTYPES)
 GATE_TAG = "compile-gate"  # workloads.toml tag of the quick subset `make test` checks
 CACHE_ENV = "FOVEAL_COMPILE_CACHE"
 
@@ -80,6 +87,7 @@ class CompileRun:
     jobs: list[Job] = field(default_factory=list)
     cases: list[tuple[Case, list[list[int]]]] = field(default_factory=list)
     planning_errors: list[tuple[Case, str]] = field(default_factory=list)
+    skipped: list[tuple[Case, str]] = field(default_factory=list)  # (case, why not compiled)
     seconds: float = 0.0
 
 
@@ -141,10 +149,51 @@ def config_dict(config: Any) -> dict[str, Any]:
     return {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
 
 
-def cases_for(workloads: Sequence[Workload], dtypes: Sequence[str], archs: Sequence[str],
-              modes: Sequence[str] = MODES) -> list[Case]:
-    return [Case(w, dtype, mode, arch) for arch in archs for w in workloads for dtype in dtypes
-            for mode in modes]
+def case_dtypes(workload: Workload, dtypes: Sequence[str] | None) -> list[str]:
+    """The dtypes to check `workload` in: `dtypes` (default: DEFAULT_DTYPES and the FP8 dtypes
+    the workload lists) that its op runs."""
+    from .ops import ADAPTERS
+
+    if dtypes is None:
+        dtypes = [*DEFAULT_DTYPES, *(d for d in FP8_DTYPES if d in workload.dtypes)]
+    return [d for d in dtypes if d in ADAPTERS[workload.op].dtypes]
+
+
+def case_modes(workload: Workload, modes: Sequence[str]) -> list[str]:
+    """`modes`, or inference alone for an op without a backward."""
+    from .ops import ADAPTERS
+
+    if ADAPTERS[workload.op].differentiable:
+        return list(modes)
+    return ["inference"] if modes else []
+
+
+def unsupported(dtype: str, arch: str) -> str | None:
+    """Why `arch` cannot run `dtype` (None: it can)."""
+    from foveal.kernels.fp8 import FP8_MIN_CAPABILITY
+
+    capability = oc.ARCHS[arch].capability
+    if dtype in FP8_DTYPES and capability < FP8_MIN_CAPABILITY:
+        return (f"{dtype} needs FP8 tensor cores (sm_{FP8_MIN_CAPABILITY} or newer); {arch} "
+                "has none: not compiled")
+    return None
+
+
+def cases_for(workloads: Sequence[Workload], dtypes: Sequence[str] | None, archs: Sequence[str],
+              modes: Sequence[str] = MODES) -> tuple[list[Case], list[tuple[Case, str]]]:
+    """(cases to compile, cases skipped with the reason): per workload its `case_dtypes` and
+    `case_modes`, on every architecture that can run the dtype."""
+    cases, skipped = [], []
+    for arch in archs:
+        for w in workloads:
+            for dtype in case_dtypes(w, dtypes):
+                for mode in case_modes(w, modes):
+                    case, why = Case(w, dtype, mode, arch), unsupported(dtype, arch)
+                    if why is None:
+                        cases.append(case)
+                    else:
+                        skipped.append((case, why))
+    return cases, skipped
 
 
 def _cache_dir() -> Path:
@@ -186,11 +235,12 @@ def _store(key: str, result: oc.Compiled) -> None:
         (_cache_dir() / f"{key}.json").write_text(json.dumps(result.to_json()))
 
 
-def run_check(workloads: Sequence[Workload], *, dtypes: Sequence[str] = DEFAULT_DTYPES,
+def run_check(workloads: Sequence[Workload], *, dtypes: Sequence[str] | None = None,
               archs: Sequence[str] = tuple(oc.ARCHS), modes: Sequence[str] = MODES,
               workers: int | None = None, use_cache: bool = True,
               progress: Callable[[str], None] = lambda _: None) -> CompileRun:
-    """Plan, specialise and compile every case of `workloads` in `workers` processes.
+    """Plan, specialise and compile every case of `workloads` in `workers` processes
+    (`dtypes` None: each workload's default, see `case_dtypes`).
 
     Cases are planned in parallel, then each distinct specialization is compiled once (or
     read from the cache); jobs are numbered in case order, so results are reproducible.
@@ -202,10 +252,10 @@ def run_check(workloads: Sequence[Workload], *, dtypes: Sequence[str] = DEFAULT_
             raise ValueError(f"arch must be one of {sorted(oc.ARCHS)}, got {arch!r}")
     start = time.perf_counter()
     run = CompileRun(archs=list(archs), triton=triton.__version__)
-    cases = cases_for(workloads, dtypes, archs, modes)
+    cases, run.skipped = cases_for(workloads, dtypes, archs, modes)
     workers = workers or os.cpu_count() or 1
-    progress(f"planning {len(cases)} cases ({len(workloads)} workloads x {len(dtypes)} dtypes "
-             f"x {len(modes)} modes x {len(archs)} archs) in {workers} process(es)")
+    progress(f"planning {len(cases)} cases ({len(workloads)} workloads, their dtypes and "
+             f"modes, {len(archs)} archs; {len(run.skipped)} skipped) in {workers} process(es)")
     context = multiprocessing.get_context("spawn")  # no fork of a process holding torch
     with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         planned = list(pool.map(_plan_in_worker, cases, chunksize=8))

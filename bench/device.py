@@ -187,12 +187,28 @@ def measure_ceilings(device: torch.device, dtypes: list[str], timer: Timer) -> C
             if dtype == torch.float64:
                 continue
             torch.set_float32_matmul_precision(_matmul_precision_for(dtype))
-            a = torch.randn(n, n, device=device, dtype=dtype)
-            b = torch.randn(n, n, device=device, dtype=dtype)
-            c = torch.empty(n, n, device=device, dtype=dtype)
-            timing = timer(lambda a=a, b=b, c=c: torch.mm(a, b, out=c))
+            matmul = _matmul(n, device, dtype)
+            if matmul is None:
+                continue
+            timing = timer(matmul)
             ceilings.matmul_flops_per_s[name] = 2 * n**3 / (timing.median_ms * 1e-3)
-            del a, b, c
+            del matmul
     finally:
         torch.set_float32_matmul_precision(previous)
     return ceilings
+
+
+def _matmul(n: int, device: torch.device, dtype: torch.dtype) -> Callable[[], Any] | None:
+    """An n x n x n matmul in `dtype` on random data; None where PyTorch has none (FP8 is
+    torch._scaled_mm, which GPUs without FP8 tensor cores lack)."""
+    if dtype != torch.float8_e4m3fn:
+        a, b, c = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(3))
+        return lambda: torch.mm(a, b, out=c)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype).t()  # column-major, as _scaled_mm wants
+    one = torch.ones((), device=device)
+    try:
+        torch._scaled_mm(a, b, one, one, out_dtype=torch.float16)
+    except RuntimeError:  # no FP8 tensor cores
+        return None
+    return lambda: torch._scaled_mm(a, b, one, one, out_dtype=torch.float16)

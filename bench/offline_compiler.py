@@ -167,6 +167,7 @@ class Compiled:
     num_stages: int | None = None
     dot: bool = False  # the kernel multiplies tiles with tl.dot
     tensor_cores: str | None = None  # "wgmma", "mma" or None
+    tensor_core_operands: str | None = None  # their operand types: "f16", "e4m3", "bf16+tf32"
     widest_load_bytes: int | None = None  # widest global load or async copy per thread
     blocks_per_sm: int | None = None
     compile_seconds: float = 0.0
@@ -191,6 +192,19 @@ def widest_load(ptx: str) -> int | None:
     if "cp.async.bulk" in ptx:
         widths.append(16)
     return max(widths) if widths else None
+
+
+# The A operand's type in wgmma (".f32.e4m3.e4m3": accumulator, A, B) and mma.sync
+# (".row.col.f32.f16.f16.f32": layouts, D, A, B, C) instructions.
+_TENSOR_CORE_OPERANDS = re.compile(
+    r"\bwgmma\.mma_async(?:\.sp)?\.sync\.aligned\.m\d+n\d+k\d+\.\w+\.(\w+)\.\w+"
+    r"|\bmma\.sync\.aligned\.m\d+n\d+k\d+\.row\.col\.\w+\.(\w+)\.\w+")
+
+
+def tensor_core_operands(ptx: str) -> str | None:
+    """The operand types the tensor-core instructions multiply ("e4m3", "f16+tf32"...)."""
+    found = {wgmma or mma for wgmma, mma in _TENSOR_CORE_OPERANDS.findall(ptx)}
+    return "+".join(sorted(found)) or None
 
 
 def tensor_core_kind(ptx: str) -> str | None:
@@ -249,6 +263,7 @@ def compile_job(job: CompileJob) -> Compiled:
     ptx = kernel.asm.get("ptx", "")
     result.dot = re.search(r"\btt\.dot\b", kernel.asm.get("ttir", "")) is not None
     result.tensor_cores = tensor_core_kind(ptx)
+    result.tensor_core_operands = tensor_core_operands(ptx)
     result.widest_load_bytes = widest_load(ptx)
     if result.registers is not None:
         result.blocks_per_sm = blocks_per_sm(arch, result.registers, result.num_warps,

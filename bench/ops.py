@@ -44,6 +44,12 @@ class OpAdapter:
 
     name: str = ""
     compiles: bool = True  # whether torch.compile of `eager` is a meaningful baseline
+    dtypes: tuple[str, ...] = ("float16", "bfloat16", "float32", "float64")  # what it runs
+    differentiable: bool = True  # False: forward (inference) only; no backward cases
+
+    def runs(self, dtype: str, backward: bool) -> bool:
+        """Whether a (dtype, direction) case of this op exists at all."""
+        return dtype in self.dtypes and (self.differentiable or not backward)
 
     def check(self, workload: Workload) -> None:
         """Raise WorkloadError naming the workload and argument when the arguments are invalid."""
@@ -594,6 +600,146 @@ class DeformAdapter(ConvAdapter):
         return deform_conv2d
 
 
+class _Fp8Mixin:
+    """FP8 inference ops (FP8 operands, output float16) against the same layer in float16.
+
+    Inputs are drawn in float16 and quantized as a model would (`quantize_fp8` per tensor,
+    `quantize_weight_fp8` per output channel). The float16 baselines, run by the float16 op's
+    own adapter (`fp16`), get the dequantized operands: "pytorch" is cuDNN in float16,
+    FOVEAL_FP16 foveal's float16 kernel. The reference is the float16 op's in float64 on the
+    dequantized operands; where the FP8 op also rounds an activation it makes itself (the
+    depthwise-separable block's intermediate) that rounding is its own error, within the FP8
+    tolerance (harness.TOLERANCE). Case dtype: float8_e4m3fn; forward only.
+    """
+
+    dtypes = ("float8_e4m3fn",)
+    differentiable = False
+    OUT_DTYPE = torch.float16
+    FOVEAL_FP16 = "foveal fp16"
+    FP8_OPERANDS: tuple[str, ...] = ()  # the op's one-byte tensors, by argument name
+    fp16: ConvAdapter
+
+    def cost(self, workload: Workload, dtype: torch.dtype, backward: bool) -> Cost:
+        """The float16 op's, less one byte per element of the FP8 operands."""
+        fp16 = self.fp16.cost(workload, self.OUT_DTYPE, backward)
+        inputs = self.fp16.make_inputs(workload, self.OUT_DTYPE, torch.device("meta"))
+        return Cost(fp16.flops, fp16.bytes - sum(inputs[n].numel() for n in self.FP8_OPERANDS))
+
+    def make_inputs(self, workload: Workload, dtype: torch.dtype,
+                    device: torch.device) -> Inputs:
+        """The float16 op's inputs with the FP8 operands and their scales; the float16
+        baselines' dequantized copies under the same names with FP16_SUFFIX."""
+        from foveal.kernels import quantize_fp8, quantize_weight_fp8
+
+        inputs = self.fp16.make_inputs(workload, self.OUT_DTYPE, device)
+        for name in self.FP8_OPERANDS:
+            quantize = quantize_fp8 if name == self.fp16.INPUT else quantize_weight_fp8
+            inputs[name], inputs[name + "_scale"] = quantize(inputs[name])
+            inputs[name + FP16_SUFFIX] = self._dequantized(inputs, name).to(self.OUT_DTYPE)
+        return inputs
+
+    def _fp16_inputs(self, inputs: Inputs) -> Inputs:
+        return {**inputs, **{n: inputs[n + FP16_SUFFIX] for n in self.FP8_OPERANDS}}
+
+    @staticmethod
+    def _dequantized(inputs: Inputs, name: str) -> torch.Tensor:
+        """inputs[name] times its scale (per tensor, or per output channel: along dim 0), in
+        float32 or, for float64 inputs, float64."""
+        q, scale = inputs[name], inputs[name + "_scale"]
+        dtype = torch.float64 if scale.dtype == torch.float64 else torch.float32
+        if scale.dim():
+            scale = scale.reshape(-1, *[1] * (q.dim() - 1))
+        return q.to(dtype) * scale.to(dtype)
+
+    def eager(self, workload: Workload, inputs: Inputs) -> torch.Tensor:
+        return self.fp16.eager(workload, self._fp16_inputs(inputs))
+
+    def reference(self, workload: Workload, inputs64: Inputs) -> torch.Tensor:
+        exact = {n: self._dequantized(inputs64, n) for n in self.FP8_OPERANDS}
+        return self.fp16.eager(workload, {**inputs64, **exact})
+
+    def baselines(self, workload: Workload) -> dict[str, OpFunction]:
+        return {self.FOVEAL_FP16: lambda inputs: self.fp16.foveal(workload,
+                                                                  self._fp16_inputs(inputs))}
+
+
+FP16_SUFFIX = "_fp16"
+
+
+class ConvFp8Adapter(_Fp8Mixin, ConvAdapter):
+    """conv2d_fp8 / conv3d_fp8: FP8 input and weight with the fused epilogue, output float16.
+
+    One more baseline, QUANTIZE_TOO: the FP8 op plus the quantization of its float16 input
+    (the separate pass a model makes before each FP8 convolution)."""
+
+    FP8_OPERANDS = ("input", "weight")
+    QUANTIZE_TOO = "fp8 + quantize"
+
+    def __init__(self, spatial_dims: int):
+        super().__init__(spatial_dims)
+        self.fp16 = ConvAdapter(spatial_dims)
+        self.name = f"conv{spatial_dims}d_fp8"
+
+    def check(self, workload: Workload) -> None:
+        if self.geometry(workload).in_per_group == 1:
+            raise _fail(workload, "depthwise layers (groups == in_channels) have no FP8 path")
+
+    def foveal(self, workload: Workload, inputs: Inputs) -> torch.Tensor:
+        import foveal.kernels as fk
+
+        op = getattr(fk, self.name)
+        return op(inputs["input"], inputs["input_scale"], inputs["weight"],
+                  inputs["weight_scale"], inputs.get("bias"), **self._call_args(workload),
+                  activation=workload.args.get("activation"), residual=inputs.get("residual"),
+                  out_dtype=self.OUT_DTYPE)
+
+    def baselines(self, workload: Workload) -> dict[str, OpFunction]:
+        from foveal.kernels import quantize_fp8
+
+        def quantize_too(inputs: Inputs) -> torch.Tensor:
+            x8, _ = quantize_fp8(inputs["input" + FP16_SUFFIX], inputs["input_scale"])
+            return self.foveal(workload, {**inputs, "input": x8})
+
+        return {**super().baselines(workload), self.QUANTIZE_TOO: quantize_too}
+
+
+class DepthwiseSeparableFp8Adapter(_Fp8Mixin, DepthwiseSeparableAdapter):
+    """depthwise_separable_conv2d_fp8: the depthwise stage in float16, its on-chip intermediate
+    quantized with a calibrated scale (the amax of these inputs' intermediate) and the 1x1 in
+    FP8, output float16."""
+
+    FP8_OPERANDS = ("pw_weight",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fp16 = DepthwiseSeparableAdapter()
+        self.name = "depthwise_separable_conv2d_fp8"
+
+    def make_inputs(self, workload: Workload, dtype: torch.dtype,
+                    device: torch.device) -> Inputs:
+        from foveal.kernels.epilogue import activate
+        from foveal.kernels.quantize import scale_from_amax
+
+        inputs = super().make_inputs(workload, dtype, device)
+        x, bias = inputs["x"], inputs.get("dw_bias")
+        mid = F.conv2d(x.float(), inputs["dw_weight"].float(),
+                       None if bias is None else bias.float(), **self._call_args(workload),
+                       groups=x.shape[1])
+        mid = activate(mid, _activation(workload, "mid_activation"))
+        inputs["mid_scale"] = scale_from_amax(torch.linalg.vector_norm(mid, ord=math.inf))
+        return inputs
+
+    def foveal(self, workload: Workload, inputs: Inputs) -> torch.Tensor:
+        import foveal.kernels as fk
+
+        return fk.depthwise_separable_conv2d_fp8(
+            inputs["x"], inputs["dw_weight"], inputs["pw_weight"], inputs["pw_weight_scale"],
+            inputs["mid_scale"], inputs.get("dw_bias"), inputs.get("pw_bias"),
+            **self._call_args(workload), mid_activation=workload.args.get("mid_activation"),
+            activation=workload.args.get("activation"), residual=inputs.get("residual"),
+            out_dtype=self.OUT_DTYPE)
+
+
 def _registry(*adapters: OpAdapter) -> dict[str, OpAdapter]:
     return {a.name: a for a in adapters}
 
@@ -602,4 +748,5 @@ def _registry(*adapters: OpAdapter) -> dict[str, OpAdapter]:
 ADAPTERS: dict[str, OpAdapter] = _registry(
     ConvAdapter(1), ConvAdapter(2), ConvAdapter(3),
     ConvTransposeAdapter(1), ConvTransposeAdapter(2), ConvTransposeAdapter(3),
-    DepthwiseSeparableAdapter(), SeparableAdapter(), LocalConvAdapter(), DeformAdapter())
+    DepthwiseSeparableAdapter(), SeparableAdapter(), LocalConvAdapter(), DeformAdapter(),
+    ConvFp8Adapter(2), ConvFp8Adapter(3), DepthwiseSeparableFp8Adapter())

@@ -26,7 +26,7 @@ except ModuleNotFoundError:  # Python 3.10
         tomllib = None  # type: ignore[assignment]
 
 DEFAULT_FILE = Path(__file__).with_name("workloads.toml")
-DTYPES = ("float16", "bfloat16", "float32", "float64")
+DTYPES = ("float16", "bfloat16", "float32", "float64", "float8_e4m3fn")
 LAYOUTS = ("contiguous", "channels_last")
 SUITES = ("full", "smoke")
 COMMON_FIELDS = ("name", "model", "op", "batch", "dtypes", "layout", "suite", "tags", "source",

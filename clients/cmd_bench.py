@@ -23,7 +23,8 @@ if TYPE_CHECKING:  # torch loads inside the commands: `foveal --help` stays fast
 
     from foveal.bench.harness import BenchReport
 
-_DTYPES = ("float16", "bfloat16", "float32")
+_MODEL_DTYPES = ("float16", "bfloat16", "float32")
+_DTYPES = (*_MODEL_DTYPES, "float8_e4m3fn")  # FP8 workloads: their ops' own dtype
 
 
 def register(subparsers) -> None:
@@ -38,7 +39,7 @@ def register(subparsers) -> None:
                         "suite's workloads")
     p.add_argument("--ops", nargs="+", metavar="OP", help="only these ops (e.g. conv2d)")
     p.add_argument("--tags", nargs="+", metavar="TAG", help="only workloads with these tags")
-    _suite_and_dtype(p)
+    _suite_and_dtype(p, _DTYPES)
     p.add_argument("--backward", action="store_true",
                    help="also check and time the backward pass (gradients of every input)")
     p.add_argument("--no-forward", action="store_true", help="skip the forward rows")
@@ -62,17 +63,17 @@ def register(subparsers) -> None:
                     "output is wrong or fails.")
     m.add_argument("--models", nargs="+", metavar="NAME",
                    help="network names or shell patterns (default: the suite's networks)")
-    _suite_and_dtype(m)
+    _suite_and_dtype(m, _MODEL_DTYPES)
     m.add_argument("--no-compile", action="store_true",
                    help="leave torch.compile out (it compiles for minutes per network)")
     _run_options(m, label="models", warmup_ms=100, rep_ms=1000)
     m.set_defaults(func=run_models)
 
 
-def _suite_and_dtype(p: argparse.ArgumentParser) -> None:
+def _suite_and_dtype(p: argparse.ArgumentParser, dtypes: tuple[str, ...]) -> None:
     p.add_argument("--suite", choices=("full", "smoke"),
                    help="workload suite (default: full on a GPU, smoke on a CPU)")
-    p.add_argument("--dtype", nargs="+", choices=_DTYPES,
+    p.add_argument("--dtype", nargs="+", choices=dtypes,
                    help="dtypes to run (default: each workload's own)")
 
 

@@ -25,10 +25,12 @@ from .conv import (
 from .deform import deform_conv2d
 from .depthwise_separable import depthwise_separable_conv2d
 from .epilogue import ACTIVATION_NAMES
+from .fp8 import conv2d_fp8, conv3d_fp8, depthwise_separable_conv2d_fp8, fp8_unavailable
 from .geometry import ConvGeometry, conv_output_length, output_shape, transposed_output_length
 from .local_conv import local_conv2d
 from .optimize import OptimizeReport, optimize
 from .patch import PatchReport, patch
+from .quantize import quantize_fp8, quantize_weight_fp8
 from .separable import SeparableFactors, factorize_separable, separable_conv2d
 
 __all__ = [
@@ -41,21 +43,27 @@ __all__ = [
     "backend_for",
     "conv1d",
     "conv2d",
+    "conv2d_fp8",
     "conv3d",
+    "conv3d_fp8",
     "conv_output_length",
     "conv_transpose1d",
     "conv_transpose2d",
     "conv_transpose3d",
     "deform_conv2d",
     "depthwise_separable_conv2d",
+    "depthwise_separable_conv2d_fp8",
     "factorize_separable",
     "fold_batchnorm",
+    "fp8_unavailable",
     "get_backend_preference",
     "local_conv2d",
     "nn",
     "optimize",
     "output_shape",
     "patch",
+    "quantize_fp8",
+    "quantize_weight_fp8",
     "separable_conv2d",
     "set_backend",
     "transposed_output_length",

@@ -59,7 +59,29 @@ _GPU_TILES: tuple[Tile, ...] = (
     (128, 64, 16, 4, 4),
     (64, 64, 16, 4, 4),
 )
+# FP8 (e4m3) operands, for Hopper's FP8 wgmma (sm_89+ only: they are never compiled for sm_80).
+# One-byte operands halve each stage's shared memory, so BLOCK_K takes 64-128; rows stay >= 64
+# and warps a multiple of 4 (one warpgroup per 64 rows), the shapes Triton lowers to wgmma.
+FP8_TILES: tuple[Tile, ...] = (
+    (128, 128, 128, 8, 3),
+    (128, 128, 64, 8, 4),
+    (128, 64, 128, 4, 3),
+    (64, 128, 128, 4, 3),
+    (256, 64, 64, 8, 3),
+    (128, 64, 64, 4, 4),
+    (64, 64, 128, 4, 3),
+    (64, 64, 64, 4, 4),
+    (128, 32, 64, 4, 4),
+    (64, 32, 128, 4, 3),
+    (64, 32, 64, 4, 4),
+    # narrow problems: few channels per group, few output channels
+    (64, 16, 128, 4, 3),
+    (64, 16, 64, 4, 4),
+)
 _INTERPRETER_TILE: Tile = (64, 32, 32, 4, 1)
+# FP8 layers are whole networks' worth of long reductions in the CPU tests: fewer, larger
+# interpreted steps.
+FP8_INTERPRETER_TILE: Tile = (64, 64, 128, 4, 1)
 
 
 _REGISTER_FILE = 65536  # 32-bit registers per SM on Ampere and Hopper
@@ -83,10 +105,10 @@ def _config(tile: Tile) -> triton.Config:
     return make_config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, warps, stages)
 
 
-def tile_configs(tiles: tuple[Tile, ...] = _GPU_TILES,
-                 interpreted: bool = INTERPRETED) -> list[triton.Config]:
-    """Configs of `tiles` on a GPU; under the interpreter the single `_INTERPRETER_TILE`."""
-    return [_config(t) for t in ((_INTERPRETER_TILE,) if interpreted else tiles)]
+def tile_configs(tiles: tuple[Tile, ...] = _GPU_TILES, interpreted: bool = INTERPRETED,
+                 interpreter_tile: Tile = _INTERPRETER_TILE) -> list[triton.Config]:
+    """Configs of `tiles` on a GPU; under the interpreter the single `interpreter_tile`."""
+    return [_config(t) for t in ((interpreter_tile,) if interpreted else tiles)]
 
 
 def _fits(limit: int) -> int:

@@ -1,4 +1,4 @@
-"""The fused epilogue every forward op shares: bias, residual, then an activation.
+"""The fused epilogue every forward op shares: (FP8 de-scaling,) bias, residual, then an activation.
 
 `Epilogue` is the host-side description; `tl_helpers.epilogue_store` applies it inside a kernel
 and `apply_epilogue` applies it with PyTorch ops for the reference backend. The activation
@@ -77,6 +77,18 @@ def epilogue_from(activation: str | None, negative_slope: float) -> Epilogue:
         return NO_EPILOGUE
     kind = ACTIVATION_NAMES[activation]
     return Epilogue(kind, float(negative_slope) if kind is Activation.LEAKY_RELU else 0.0)
+
+
+@dataclass(frozen=True)
+class Fp8Scales:
+    """What de-scales a product of FP8 operands: acc * input * weight[channel].
+
+    `input` is a one-element float32 tensor (per-tensor activation scale), `weight` a float32
+    (C_out,) tensor (per-output-channel weight scales), both on the operands' device.
+    """
+
+    input: torch.Tensor
+    weight: torch.Tensor
 
 
 def parse_activation(activation: ActivationArg) -> Epilogue:

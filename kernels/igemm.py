@@ -30,8 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .autotune import autotuned, prune_tiles
-from .epilogue import NO_EPILOGUE, Epilogue
+from .autotune import FP8_INTERPRETER_TILE, FP8_TILES, autotuned, prune_tiles, tile_configs
+from .epilogue import NO_EPILOGUE, Epilogue, Fp8Scales
 from .launch import compute_capability, launch, upcast_operands
 from .tensors import needs_int64
 from .tl_helpers import accumulator, epilogue_store, mma, tile_ids, tile_ranges, widen
@@ -56,7 +56,8 @@ def _prune(configs, args):
     """prune_tiles, then two register limits measured with foveal compilecheck (Triton 3.6 and
     3.8), past which ptxas spills at its 255-register ceiling:
     - a flattened (tap, channel) reduction builds a tile of addresses and bounds tests beside
-      the A tile each step: at most 16 A and 32 accumulator elements per thread;
+      the A tile each step: at most 16 A (32 for FP8's one-byte elements; 64x32x128 and
+      128x32x64 FP8 tiles on 4 warps spilled) and 32 accumulator elements per thread;
     - fp32 (TF32) operands on Ampere's mma.sync: at most 32 accumulator elements per thread
       and 32-deep steps.
     """
@@ -66,7 +67,8 @@ def _prune(configs, args):
     kept = prune_tiles(configs, rows, args["COUT_G"], reduction, x)
     limits = {}
     if not args["TAP_MAJOR"]:
-        limits = dict(a_per_thread=16, acc_per_thread=32)
+        fp8 = x.dtype == torch.float8_e4m3fn
+        limits = dict(a_per_thread=32 if fp8 else 16, acc_per_thread=32)
     capability = compute_capability(x.device)
     if x.element_size() == 4 and capability is not None and capability < 90:
         limits = dict(a_per_thread=limits.get("a_per_thread", 1 << 30), acc_per_thread=32,
@@ -102,6 +104,7 @@ def _tap_offsets(t, t_ok, tap_table, DIRECT: tl.constexpr, KH, KW, DIL_D, DIL_H,
 @triton.jit(do_not_specialize=_KEY_ONLY)
 def igemm_kernel(
     x_ptr, w_ptr, bias_ptr, res_ptr, y_ptr, z_ptr, taps_ptr, tap_count_ptr, phase_ptr,
+    in_scale_ptr, w_scale_ptr,
     BATCH, C_G, COUT_G,
     IN_D, IN_H, IN_W, OUT_D, OUT_H, OUT_W, J_D, J_H, J_W,
     IN_MUL_D, IN_MUL_H, IN_MUL_W, OUT_MUL_D, OUT_MUL_H, OUT_MUL_W,
@@ -113,9 +116,9 @@ def igemm_kernel(
     sr_n, sr_c, sr_d, sr_h, sr_w,
     alpha,
     ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-    STORE_PREACT: tl.constexpr, TAP_MAJOR: tl.constexpr, DIRECT: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, INT64: tl.constexpr,
-    IS_FP64: tl.constexpr, GROUP_M: tl.constexpr,
+    STORE_PREACT: tl.constexpr, DESCALE: tl.constexpr, TAP_MAJOR: tl.constexpr,
+    DIRECT: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    INT64: tl.constexpr, IS_FP64: tl.constexpr, GROUP_M: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     group = widen(tl.program_id(1) // N_PHASES, INT64)
@@ -198,7 +201,14 @@ def igemm_kernel(
     res_offsets = ((n * sr_n + od * sr_d + oh * sr_h + ow * sr_w)[:, None]
                    + (channels * sr_c)[None, :])
     epilogue_store(acc, y_ptr, y_offsets, mask, bias_ptr, channels, n_ok, res_ptr, res_offsets,
-                   z_ptr, alpha, ACTIVATION, HAS_BIAS, HAS_RESIDUAL, STORE_PREACT)
+                   z_ptr, alpha, ACTIVATION, HAS_BIAS, HAS_RESIDUAL, STORE_PREACT, in_scale_ptr,
+                   w_scale_ptr, DESCALE)
+
+
+# The same kernel over FP8 (e4m3) operands, tuned over tiles that suit one-byte operands.
+igemm_fp8_kernel = autotuned(key=_KEY, prune=_prune, configs=tile_configs(
+    FP8_TILES, interpreter_tile=FP8_INTERPRETER_TILE))(
+    igemm_kernel.fn)
 
 
 Triple = tuple[int, int, int]
@@ -279,11 +289,13 @@ def _tap_major(channels_per_group: int) -> bool:
 def launch_igemm(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, *, groups: int,
                  stride: Triple, padding: Triple, dilation: Triple, transposed: bool,
                  bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,
-                 preact: torch.Tensor | None = None, epilogue: Epilogue = NO_EPILOGUE) -> None:
+                 preact: torch.Tensor | None = None, epilogue: Epilogue = NO_EPILOGUE,
+                 scales: Fp8Scales | None = None) -> None:
     """Run `igemm_kernel`: out = epilogue(conv(x, weight)), or the transposed convolution.
 
     `x`, `out` (and `preact`, `residual`) are 5-D (N, C, D, H, W) views; `weight` is the 6-D
-    [group, out, in, kd, kh, kw] view from `weights.gemm_weight`.
+    [group, out, in, kd, kh, kw] view from `weights.gemm_weight`. With `scales`, x and weight
+    are FP8 and the product is de-scaled before the epilogue.
     """
     batch, in_channels = x.shape[:2]
     out_channels = out.shape[1]
@@ -303,9 +315,10 @@ def launch_igemm(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, *, gr
     res = residual if residual is not None else out
     grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]) * triton.cdiv(cout_g, meta["BLOCK_N"]),
                          groups * n_phases)
-    launch(igemm_kernel, grid,
+    in_scale, w_scale = (scales.input, scales.weight) if scales is not None else (out, out)
+    launch(igemm_fp8_kernel if scales is not None else igemm_kernel, grid,
         x, weight, bias if bias is not None else out, res, out,
-        preact if preact is not None else out, taps, counts, residues,
+        preact if preact is not None else out, taps, counts, residues, in_scale, w_scale,
         batch, c_g, cout_g, *x.shape[2:], *out_size, *extents, *in_mul, *out_mul,
         *kernel, *dilation, *padding, n_phases, max_taps, triton.next_power_of_2(rows),
         layout_bits(x.stride(1), out.stride(1), weight.stride(1), weight.stride(2)),
@@ -313,7 +326,7 @@ def launch_igemm(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, *, gr
         *out.stride(), *(res.stride() if residual is not None else (0,) * 5), epilogue.alpha,
         ACTIVATION=int(epilogue.activation), HAS_BIAS=bias is not None,
         HAS_RESIDUAL=residual is not None, STORE_PREACT=preact is not None,
-        TAP_MAJOR=_tap_major(c_g), DIRECT=not transposed,
+        DESCALE=scales is not None, TAP_MAJOR=_tap_major(c_g), DIRECT=not transposed,
         INPUT_PRECISION=input_precision(x.dtype), UPCAST=upcast_operands(x.dtype),
         INT64=needs_int64(x, out, residual, preact), IS_FP64=x.dtype == torch.float64,
         GROUP_M=8,

@@ -5,7 +5,8 @@ reads the intermediate: an eval-mode BatchNorm folds into its weight and bias, a
 add and an activation fuse into its epilogue (conv -> [bn] -> [+ x] -> [activation]). Then a
 depthwise convolution feeding a 1x1 convolution becomes one depthwise-separable launch whose
 intermediate never reaches device memory. Convolutions left over (torchvision's DeformConv2d,
-say) are swapped by `patch`; the rest of the graph runs as traced.
+say) are swapped by `patch`; the rest of the graph runs as traced. With precision="fp8" the
+fused convolutions then run in FP8 where they can (optimize_fp8.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import copy
 import functools
 import operator
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import nn as fnn
+from . import optimize_fp8
 from .batchnorm import fold_batchnorm
 from .epilogue import ActivationArg
 from .patch import patch, register_torchvision, replacement_for
@@ -67,12 +70,18 @@ class OptimizeReport:
     launches_after: int = 0
     fused: list[str] = field(default_factory=list)
     left: list[tuple[str, str]] = field(default_factory=list)  # (node or module, why)
+    precision: str | None = None  # "fp8" when asked for
+    fp8: list[str] = field(default_factory=list)  # convolutions running in FP8, and their scale
+    not_fp8: list[tuple[str, str]] = field(default_factory=list)  # (convolution, why not)
 
     def __str__(self) -> str:
+        fp8 = f", {len(self.fp8)} in FP8" if self.precision == "fp8" else ""
         lines = [f"kernel launches: {self.launches_before} -> {self.launches_after} "
-                 f"({len(self.fused)} fused convolution(s))"]
+                 f"({len(self.fused)} fused convolution(s){fp8})"]
         lines += [f"  fused {line}" for line in self.fused]
         lines += [f"  left  {name}: {why}" for name, why in self.left]
+        lines += [f"  fp8   {line}" for line in self.fp8]
+        lines += [f"  kept  {name} in the model's dtype: {why}" for name, why in self.not_fp8]
         return "\n".join(lines)
 
 
@@ -99,14 +108,31 @@ class _LeafTracer(fx.Tracer):
                 or super().is_leaf_module(m, module_qualified_name))
 
 
-def optimize(model: nn.Module, *, depthwise_separable: bool = True) -> fx.GraphModule:
+def optimize(model: nn.Module, *, depthwise_separable: bool = True, precision: str | None = None,
+             calibration: Iterable[Any] | None = None,
+             fp8_exclude: Sequence[str] = ("first", "last")) -> fx.GraphModule:
     """A fused inference copy of `model` (an eval-mode nn.Module), sharing no parameters with it.
 
     The result computes the same function as `model` in eval mode. Its `report` attribute
     (an OptimizeReport) gives the launch count before and after and each fusion. Raises
     ValueError for a model in training mode (BatchNorm folding would change its function) or
     one torch.fx cannot trace (use `patch(model)` then).
+
+    precision="fp8" runs the fused convolutions on FP8 inference kernels (optimize_fp8.py):
+    weights quantized per output channel once, here; input scales from the `calibration`
+    batches (each the model's input, or a tuple of its inputs, in the model's own dtype and
+    device), or per call from each input's amax when there are none. `fp8_exclude` names the
+    convolutions kept in the model's dtype: "first", "last" and/or module names
+    ("layer1.0.conv1"); () puts every eligible one in FP8. The report says which ran in FP8
+    and why the others did not.
     """
+    if precision not in (None, "fp8"):
+        raise ValueError(f"precision must be None (the model's own) or 'fp8', got {precision!r}")
+    if calibration is not None and precision != "fp8":
+        raise ValueError("calibration batches are for precision='fp8'")
+    if isinstance(fp8_exclude, str):
+        raise TypeError(f"fp8_exclude must be a sequence of names, got the string "
+                        f"{fp8_exclude!r}; write ({fp8_exclude!r},)")
     if model.training:
         raise ValueError("optimize() is for inference: call model.eval() first (it folds "
                          "BatchNorms with their running statistics)")
@@ -120,15 +146,23 @@ def optimize(model: nn.Module, *, depthwise_separable: bool = True) -> fx.GraphM
                          f"({type(err).__name__}: {err}); patch(model) swaps its convolutions "
                          "without tracing") from err
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
-    report = OptimizeReport(launches_before=count_launches(gm))
+    report = OptimizeReport(launches_before=count_launches(gm), precision=precision)
     modules = dict(gm.named_modules())
+    conv_nodes = [node for node in gm.graph.nodes if _is_conv(node, modules)]
+    ranges = None
+    if precision == "fp8" and calibration is not None:  # on the graph as traced, unfused
+        ranges = optimize_fp8.input_ranges(gm, conv_nodes, calibration)
+    order = [node.name for node in conv_nodes]
     fused_modules: dict[str, nn.Module] = {}
+    origins: dict[str, optimize_fp8.Origin] = {}
     for node in list(gm.graph.nodes):
         conv = _as_conv(node, gm, modules, report)
         if conv is not None:
-            _fuse_epilogue(gm, conv, modules, fused_modules, report)
+            _fuse_epilogue(gm, conv, modules, fused_modules, report, origins)
     if depthwise_separable:
-        _fuse_depthwise_separable(gm, fused_modules, report)
+        _fuse_depthwise_separable(gm, fused_modules, report, origins)
+    if precision == "fp8":
+        optimize_fp8.convert(gm, fused_modules, origins, order, ranges, fp8_exclude, report)
     gm.delete_all_unused_submodules()
     for name, why in patch(gm).left:
         report.left.append((name, why))
@@ -145,7 +179,9 @@ def count_launches(gm: fx.GraphModule) -> int:
     count = 0
     for node in gm.graph.nodes:
         if node.op == "call_module":
-            count += not isinstance(modules[node.target], _NO_KERNEL_MODULES)
+            module = modules[node.target]
+            if not isinstance(module, _NO_KERNEL_MODULES):
+                count += getattr(module, "launches", 1)  # FP8 modules quantize first
         elif node.op == "call_function":
             count += node.target not in _NO_KERNEL_FUNCTIONS
         elif node.op == "call_method":
@@ -155,6 +191,15 @@ def count_launches(gm: fx.GraphModule) -> int:
 
 def _attribute(gm: fx.GraphModule, target: str) -> Any:
     return functools.reduce(getattr, target.split("."), gm)
+
+
+def _is_conv(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """A convolution call, as traced: a torch.nn (or foveal) conv module or F.conv*d."""
+    if node.op == "call_module":
+        module = modules[node.target]
+        return (replacement_for(module)[0] is not None
+                or type(module) in FOVEAL_CONVS.values())
+    return node.op == "call_function" and node.target in CONV_FUNCTIONS
 
 
 def _as_conv(node: fx.Node, gm: fx.GraphModule, modules: dict[str, nn.Module],
@@ -278,7 +323,8 @@ def _parameter(tensor: torch.Tensor) -> nn.Parameter:
 
 
 def _fuse_epilogue(gm: fx.GraphModule, conv: _Conv, modules: dict[str, nn.Module],
-                   fused_modules: dict[str, nn.Module], report: OptimizeReport) -> None:
+                   fused_modules: dict[str, nn.Module], report: OptimizeReport,
+                   origins: dict[str, optimize_fp8.Origin]) -> None:
     """Replace conv -> [bn] -> [+ residual] -> [activation] with one foveal conv call."""
     chain, parts = [conv.node], [conv.name]
     weight, bias = conv.weight, conv.bias
@@ -300,6 +346,7 @@ def _fuse_epilogue(gm: fx.GraphModule, conv: _Conv, modules: dict[str, nn.Module
     module = _foveal_conv(conv, weight, bias, activation[1] if activation else None)
     gm.add_submodule(name, module)
     fused_modules[name] = module
+    origins[name] = optimize_fp8.Origin(conv.name, conv.node.name)
     graph = gm.graph
     last = chain[-1]
     with graph.inserting_before(last):
@@ -326,7 +373,8 @@ def _erase(graph: fx.Graph, chain: list[fx.Node]) -> None:
 
 
 def _fuse_depthwise_separable(gm: fx.GraphModule, fused_modules: dict[str, nn.Module],
-                              report: OptimizeReport) -> None:
+                              report: OptimizeReport,
+                              origins: dict[str, optimize_fp8.Origin]) -> None:
     """depthwise kxk -> 1x1 pairs (already fused with their epilogues) -> one launch each."""
     graph = gm.graph
     erased: set[fx.Node] = set()
@@ -350,6 +398,8 @@ def _fuse_depthwise_separable(gm: fx.GraphModule, fused_modules: dict[str, nn.Mo
                                                                                  pointwise))
         name = f"fused.{node.name}_{pointwise_node.name}"
         gm.add_submodule(name, block)
+        fused_modules[name] = block
+        origins[name] = origins[pointwise_node.target]  # the 1x1 is what runs in FP8
         with graph.inserting_before(pointwise_node):
             new = graph.call_module(name, node.args, dict(pointwise_node.kwargs))
         pointwise_node.replace_all_uses_with(new)

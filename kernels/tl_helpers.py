@@ -1,4 +1,5 @@
-"""Triton device functions shared by every kernel: the epilogue, activations and the MMA step."""
+"""Triton device functions shared by every kernel: the epilogue, activations, the MMA step and
+FP8 (e4m3) rounding."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ _SIGMOID = tl.constexpr(Activation.SIGMOID.value)
 _HARDSWISH = tl.constexpr(Activation.HARDSWISH.value)
 _INV_SQRT2 = tl.constexpr(0.7071067811865476)
 _INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
+E4M3_MAX = tl.constexpr(448.0)  # largest finite float8_e4m3fn
+_E4M3_MIN_NORMAL = tl.constexpr(2.0**-6)
+_E4M3_ULP_SHIFT = tl.constexpr(2.0**20)  # 2**(23 - 3): fp32 mantissa bits past e4m3's three
 
 
 @triton.jit
@@ -128,22 +132,60 @@ def mma(acc, a, b, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
     UPCAST converts the operands to the accumulator's dtype first: Triton's interpreter
     multiplies bf16 tiles wrongly, and the conversion is exact, so results match the GPU's.
+    FP8 tiles: Hopper's tensor cores sum FP8 products at reduced precision, so each step's
+    partial sum (one BLOCK_K) is added to the FP32 accumulator in FP32 (Triton's default would
+    keep the whole reduction in the tensor cores' accumulator).
     """
     if UPCAST:
         a = a.to(acc.dtype)
         b = b.to(acc.dtype)
+    if a.dtype.is_fp8():
+        return tl.dot(a, b, acc, out_dtype=acc.dtype, max_num_imprecise_acc=a.shape[1])
     return tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=acc.dtype)
+
+
+@triton.jit
+def round_to_e4m3(x):
+    """fp32 `x` rounded to the nearest float8_e4m3fn value (ties to even), saturating at
+    +-448, still as fp32; the cast to tl.float8e4nv is then exact.
+
+    Adding then subtracting 2**20 times x's power of two (2**-6 at least: e4m3's subnormal
+    step is 2**-9) leaves exactly e4m3's mantissa bits, rounded by fp32's own round-to-nearest-
+    even addition. Written out because Triton's interpreter casts fp32 to fp8 by rounding half
+    up, not to even: the same arithmetic runs on the GPU and in the CPU tests.
+    """
+    bits = x.to(tl.uint32, bitcast=True)
+    magnitude = tl.minimum((bits & 0x7FFFFFFF).to(tl.float32, bitcast=True), E4M3_MAX,
+                           propagate_nan=tl.PropagateNan.ALL)
+    power = (magnitude.to(tl.uint32, bitcast=True) & 0x7F800000).to(tl.float32, bitcast=True)
+    shift = tl.maximum(power, _E4M3_MIN_NORMAL) * _E4M3_ULP_SHIFT
+    rounded = (magnitude + shift) - shift
+    return (rounded.to(tl.uint32, bitcast=True) | (bits & 0x80000000)).to(tl.float32,
+                                                                          bitcast=True)
+
+
+@triton.jit
+def quantize_e4m3(x, scale):
+    """x / scale rounded to float8_e4m3fn (nearest even, saturating): FP8 quantization."""
+    return round_to_e4m3(tl.div_rn(x.to(tl.float32), scale)).to(tl.float8e4nv)
 
 
 @triton.jit
 def epilogue_store(acc, y_ptr, y_offsets, mask, bias_ptr, channels, channel_mask, res_ptr,
                    res_offsets, z_ptr, alpha, ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr,
-                   HAS_RESIDUAL: tl.constexpr, STORE_PREACT: tl.constexpr):
-    """Add bias (per column) and residual, store the pre-activation if asked, activate, store.
+                   HAS_RESIDUAL: tl.constexpr, STORE_PREACT: tl.constexpr,
+                   in_scale_ptr=None, w_scale_ptr=None, DESCALE: tl.constexpr = False):
+    """De-scale (FP8), add bias (per column) and residual, store the pre-activation if asked,
+    activate, store.
 
     `acc` is a [rows, channels] tile; `y_offsets`/`res_offsets` address it in the output and
-    the residual, which may have different strides.
+    the residual, which may have different strides. With DESCALE the tile is a product of FP8
+    operands, multiplied back by the input's scale (a scalar) and the weight's (per column)
+    before anything else.
     """
+    if DESCALE:
+        w_scale = tl.load(w_scale_ptr + channels, mask=channel_mask, other=0.0)
+        acc = acc * (tl.load(in_scale_ptr) * w_scale)[None, :]
     if HAS_BIAS:
         bias = tl.load(bias_ptr + channels, mask=channel_mask, other=0.0)
         acc = acc + bias.to(acc.dtype)[None, :]

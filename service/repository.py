@@ -11,7 +11,8 @@
                                       # device; default: the server's --devices or --device)
     instances = 2                 # copies of the model taking batches from its one queue
                                   # (default: the server's --instances, else one per device)
-    precision = "float32"         # float32 | float16 | bfloat16
+    precision = "float32"         # float32 | float16 | bfloat16 | float8 (torchvision and
+                                  # python models on GPUs of compute capability 8.9+)
     outputs = ["simple", "energy"]    # outputs served (default: all the kind has; torchvision
                                       # and python: node names, default the classifier's input)
     default_outputs = ["energy"]      # returned when a request names none
@@ -56,7 +57,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-PRECISIONS = ("float32", "float16", "bfloat16")
+PRECISIONS = ("float32", "float16", "bfloat16", "float8")
+FP8_KINDS = ("torchvision", "python")  # float8: convolutions traced and fused by optimize()
 
 
 @dataclass(frozen=True)
@@ -223,6 +225,10 @@ def _model(where: str, table: Any, base_dir: Path) -> ModelConfig:
     if precision not in PRECISIONS:
         raise RepositoryError(f"{where}: precision must be one of {PRECISIONS}, "
                               f"got {precision!r}")
+    if precision == "float8" and kind not in FP8_KINDS:
+        raise RepositoryError(f"{where}: precision float8 is for {' and '.join(FP8_KINDS)} "
+                              f"models (their convolutions run on FP8 kernels); {kind} models "
+                              "take float32, float16 or bfloat16")
     device, devices, instances = _placement(where, table)
     weights = table.get("weights")
     if weights is not None:

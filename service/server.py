@@ -38,7 +38,9 @@ log = logging.getLogger("foveal.service")
 MIB = 1024 * 1024
 BACKENDS = ("auto", "triton", "torch")
 WARMUP_CHOICES = ("auto", "on", "off")
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# float8: FP8 convolutions (weights, quantized activations) between float16 activations.
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+           "float8": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -112,17 +114,34 @@ def choose_backend(requested: str, device: torch.device) -> tuple[str, str, str]
     return preference, running, why
 
 
+def check_precision(config: ModelConfig, device: torch.device, preference: str) -> None:
+    """Refuse float8 where foveal's FP8 kernels cannot run: a CPU host or PyTorch's ops
+    (--backend torch), or a GPU without FP8 tensor cores (compute capability below 8.9)."""
+    if config.precision != "float8":
+        return
+    refusal = f"model {config.name!r}: precision float8 is refused on {device}"
+    if device.type != "cuda" or preference == "torch":
+        raise ValueError(f"{refusal}: FP8 convolutions run on foveal's Triton kernels on a CUDA "
+                         "GPU with compute capability 8.9 or newer (Ada, Hopper), and this "
+                         "server runs PyTorch's ops (--backend torch); use float32, float16 or "
+                         "bfloat16 here")
+    reason = fk.fp8_unavailable(device)
+    if reason is not None:
+        raise ValueError(f"{refusal}: {reason}; use float16 or bfloat16 on this GPU")
+
+
 def load_model(config: ModelConfig, device: str, preference: str) -> ServedModel:
     """Build one repository entry on `device`.
 
     Also used by the clients' in-process mode, so both run exactly the same model.
     """
     device = resolve_device(device)
+    check_precision(config, device, preference)
     with fk.use_backend(preference):
         model = build_model(config.name, config.kind, config.input, device,
                             _DTYPES[config.precision], config.weights,
                             architecture=config.architecture, factory=config.factory,
-                            options=config.options)
+                            options=config.options, fp8=config.precision == "float8")
     model.select_outputs(config.outputs, config.default_outputs)
     return model
 
@@ -200,7 +219,7 @@ class FeatureServer:
             log.info("model", extra={"fields": {
                 "model": model.name, "kind": model.kind,
                 "devices": {str(d): n for d, n in devices_of(instances)},
-                "precision": str(model.dtype).removeprefix("torch."), "weights": model.weights,
+                "precision": model.precision, "weights": model.weights,
                 "outputs": list(model.outputs), **dataclasses.asdict(policy)}})
         self.state = ServingState(served, running, self.metrics, settings.preprocess_threads,
                                   settings.max_message_bytes)

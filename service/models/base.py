@@ -55,6 +55,7 @@ class ServedModel(ABC):
         self.input_spec = input_spec
         self.device = device
         self.dtype = dtype
+        self.precision = str(dtype).removeprefix("torch.")  # what the arithmetic runs in
 
     @abstractmethod
     def all_outputs(self) -> dict[str, OutputSpec]:

@@ -73,8 +73,10 @@ def check_settings(kind: str, architecture: str | None, factory: str | None,
 
 def build_model(name: str, kind: str, input_spec: InputSpec, device: torch.device,
                 dtype: torch.dtype, weights: str | None = None, *, architecture: str | None = None,
-                factory: str | None = None, options: dict[str, Any] | None = None
-                ) -> ServedModel:
+                factory: str | None = None, options: dict[str, Any] | None = None,
+                fp8: bool = False) -> ServedModel:
+    """One model of `kind`; `fp8` runs a traced (torchvision, python) model's convolutions on
+    FP8 kernels, with `dtype` (float16, bfloat16) between them."""
     if kind not in KINDS:
         raise ValueError(f"model {name!r}: unknown kind {kind!r}; known kinds are {sorted(KINDS)}")
     spec = KINDS[kind]
@@ -95,6 +97,8 @@ def build_model(name: str, kind: str, input_spec: InputSpec, device: torch.devic
         source = f"factory {factory!r}"
         build = lambda state: build_python(factory, options or {})
     else:
+        if fp8:
+            raise ValueError(f"model {name!r}: {kind} models have no FP8 precision")
         return spec.model_class(name, input_spec, device, dtype)
     return spec.model_class(name, input_spec, device, dtype, weights, kind=kind, source=source,
-                            build=build)
+                            build=build, fp8=fp8)

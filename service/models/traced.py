@@ -4,7 +4,9 @@ The outputs are the module's intermediate layers by their torch.fx node names, a
 torchvision's feature extraction names them ("layer4", "features.18", "flatten", ...). The
 served outputs are extracted into one graph which `foveal.kernels.optimize` fuses: BatchNorms
 folded, residual adds and activations in the convolutions' epilogues. Without a weights file
-the module keeps a seeded initialisation and says so (its features mean nothing).
+the module keeps a seeded initialisation and says so (its features mean nothing). With `fp8`
+(precision float8) the fused convolutions run on FP8 kernels with dynamic input scales, the
+first and last kept in the serving dtype (`optimize(precision="fp8")`).
 """
 
 from __future__ import annotations
@@ -30,9 +32,12 @@ class TracedModel(ServedModel):
     """`build(state)` makes the untrained module; `source` names it in messages."""
 
     def __init__(self, name, input_spec, device, dtype, weights: str | None = None, *,
-                 kind: str, source: str, build: BuildModule):
+                 kind: str, source: str, build: BuildModule, fp8: bool = False):
         super().__init__(name, input_spec, device, dtype)
         self.kind = kind
+        self.fp8 = fp8
+        if fp8:
+            self.precision = f"float8 ({self.precision} between convolutions)"
         state = load_state_dict(weights) if weights else None
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
@@ -48,8 +53,8 @@ class TracedModel(ServedModel):
             check_fit(name, source, weights, module.state_dict(), state)
             module.load_state_dict(state)
             self.weights = str(weights)
-        self.description = (f"{source} on foveal's kernels (BatchNorms folded, epilogues "
-                            "fused), outputs named by torch.fx node")
+        self.description = (f"{source} on foveal's {'FP8 ' if fp8 else ''}kernels (BatchNorms "
+                            "folded, epilogues fused), outputs named by torch.fx node")
         self._module = module.eval()
         self._nodes, self._default = _node_names(name, source, module)
         self._shapes: dict[tuple[tuple[int, ...], str], tuple[int, ...]] = {}
@@ -77,10 +82,12 @@ class TracedModel(ServedModel):
 
         extractor = create_feature_extractor(self._module, return_nodes=list(self._outputs))
         self._shape_net = copy.deepcopy(extractor).to("meta").eval()  # deepcopy: train mode
-        net = fk.optimize(extractor)
+        net = fk.optimize(extractor, precision="fp8" if self.fp8 else None)
         log.info("model optimised", extra={"fields": {
             "model": self.name, "launches_before": net.report.launches_before,
-            "launches_after": net.report.launches_after, "fused": len(net.report.fused)}})
+            "launches_after": net.report.launches_after, "fused": len(net.report.fused),
+            **({"fp8": len(net.report.fp8), "not_fp8": dict(net.report.not_fp8)}
+               if self.fp8 else {})}})
         self._net = net.to(self.device, self.dtype)
         self._shapes.clear()
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from foveal.bench.harness import Settings, relative_error, run_benchmark
+from foveal.bench.harness import Settings, plan, relative_error, run_benchmark
 from foveal.bench.ops import ADAPTERS, ConvAdapter, DeformAdapter
 from foveal.bench.report import to_json
 from foveal.bench.workloads import WorkloadError, select
@@ -32,7 +32,10 @@ GRADIENTS = {
     "separable_conv2d": {"input", "weight_col", "weight_row", "bias"},
     "deform_conv2d": {"input", "offset", "weight", "bias"},
 }
-EXTRA_BASELINES = {"separable_conv2d": {"conv2d kxk"}}
+EXTRA_BASELINES = {"separable_conv2d": {"conv2d kxk"},
+                   "conv2d_fp8": {"foveal fp16", "fp8 + quantize"},
+                   "conv3d_fp8": {"foveal fp16", "fp8 + quantize"},
+                   "depthwise_separable_conv2d_fp8": {"foveal fp16"}}
 NEW_OPS = {"depthwise_separable_conv2d": "smoke.depthwise_separable_conv2d",
            "separable_conv2d": "smoke.separable_conv2d", "local_conv2d": "smoke.local_conv2d",
            "deform_conv2d": "smoke.deform_conv2d.dcnv2"}
@@ -50,7 +53,8 @@ def _expected_gradients(workload) -> set[str]:
 
 def test_every_smoke_case_passes_its_check_and_is_timed(smoke_report, smoke_workloads):
     seen = {(c.workload.name, c.direction) for c in smoke_report.cases}
-    assert seen == {(w.name, d) for w in smoke_workloads for d in ("forward", "backward")}
+    assert seen == {(w.name, d) for w in smoke_workloads for d in ("forward", "backward")
+                    if d == "forward" or ADAPTERS[w.op].differentiable}  # FP8: forward only
     assert {w.op for w in smoke_workloads} >= set(NEW_OPS)
     for case in smoke_report.cases:
         expected_variants = {"foveal", "pytorch", *EXTRA_BASELINES.get(case.workload.op, ())}
@@ -67,6 +71,15 @@ def test_every_smoke_case_passes_its_check_and_is_timed(smoke_report, smoke_work
                     case.workload.name, name)
     assert smoke_report.failures == []
     assert smoke_report.meaningful is False
+
+
+def test_plan_leaves_out_cases_an_op_does_not_have(smoke_workloads):
+    """An FP8 op runs forward in float8_e4m3fn only; a float op never in FP8."""
+    chosen = select(smoke_workloads, names=["smoke.conv2d_fp8", "smoke.conv1d"])
+    settings = _settings(backward=True, dtypes=("float32", "float8_e4m3fn"))
+    assert {(w.name, d, direction) for w, d, direction in plan(chosen, settings)} == {
+        ("smoke.conv1d", "float32", "forward"), ("smoke.conv1d", "float32", "backward"),
+        ("smoke.conv2d_fp8", "float8_e4m3fn", "forward")}
 
 
 def test_json_has_every_field(smoke_document):

@@ -159,14 +159,14 @@ def _check_fused_block(workload, model_name: str, path: str) -> None:
 @pytest.mark.parametrize("workload", [w for w in WORKLOADS if w.source], ids=lambda w: w.name)
 def test_workload_matches_its_torchvision_layer(workload):
     model_name, path = workload.source.split(":")
-    if workload.op == "depthwise_separable_conv2d":
+    if workload.op in ("depthwise_separable_conv2d", "depthwise_separable_conv2d_fp8"):
         _check_fused_block(workload, model_name, path)
         return
     layers = _layers(model_name)
     assert path in layers, f"{model_name} has no conv layer {path!r}"
     conv, input_size = layers[path]
     a, n = workload.args, len(conv.kernel_size)
-    assert workload.op == f"conv{n}d"
+    assert workload.op in (f"conv{n}d", f"conv{n}d_fp8")
     assert (a["in_channels"], a["out_channels"]) == (conv.in_channels, conv.out_channels)
     assert a.get("groups", 1) == conv.groups
     _check_conv(workload, conv, input_size)

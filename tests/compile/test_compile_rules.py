@@ -45,6 +45,11 @@ def test_a_good_kernel_breaks_no_rule(verdicts, arch):
     assert verdicts["good"][arch] == []
 
 
+def test_fp8_products_must_use_fp8_wgmma_on_hopper(verdicts):
+    assert verdicts["good-fp8"]["sm_90"] == []
+    assert verdicts["fp8-tensor-cores"]["sm_90"] == ["fp8-tensor-cores"]  # fp16 wgmma instead
+
+
 def test_widest_load_reads_vector_loads_and_async_copies():
     ptx = "\n".join([
         "ld.global.b32 { %r1 }, [ %rd1 + 0 ];",
@@ -60,6 +65,15 @@ def test_tensor_core_kind():
     assert oc.tensor_core_kind("wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16") == "wgmma"
     assert oc.tensor_core_kind("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32") == "mma"
     assert oc.tensor_core_kind("fma.rn.f32 %f1, %f2, %f3, %f4;") is None
+
+
+def test_tensor_core_operands():
+    wgmma = "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 {%f1}, %rd1, %rd2;"
+    assert oc.tensor_core_operands(wgmma) == "e4m3"
+    mixed = "\n".join([wgmma, "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%f1};",
+                        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%f2};"])
+    assert oc.tensor_core_operands(mixed) == "bf16+e4m3+tf32"
+    assert oc.tensor_core_operands("fma.rn.f32 %f1, %f2, %f3, %f4;") is None
 
 
 def test_blocks_per_sm_takes_the_tightest_limit():

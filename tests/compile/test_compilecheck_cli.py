@@ -58,3 +58,25 @@ def test_profile_shows_candidate_configs_offline(tmp_path):
     document = json.loads((tmp_path / "profile.json").read_text())
     assert document["arch"]["name"] == "sm_90" and len(document["jobs"]) > 1
     assert all(job["registers"] > 0 and job["error"] is None for job in document["jobs"])
+
+
+def test_fp8_workloads_compile_for_hopper_and_are_skipped_on_ampere(tmp_path):
+    """An FP8 workload is checked in its own dtype by default, in inference alone (it has no
+    backward), with FP8 wgmma on sm_90; sm_80 has no FP8 and says so instead of compiling."""
+    out = tmp_path / "check.json"
+    done = run_cli("--workloads", "smoke.conv2d_fp8", "--arch", "sm_90,sm_80", "--modes",
+                   "training", "--json", str(out), tmp_path=tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert ("skipped 1 case(s): float8_e4m3fn needs FP8 tensor cores (sm_89 or newer); sm_80 "
+            "has none: not compiled (smoke.conv2d_fp8 float8_e4m3fn inference sm_80)"
+            in done.stdout)
+    hopper, ampere = json.loads(out.read_text())["runs"]
+    assert [c["mode"] for c in hopper["cases"]] == ["inference"] and not hopper["skipped"]
+    dots = [j for j in hopper["jobs"] if j["dot"]]
+    assert dots and all(j["tensor_cores"] == "wgmma" and j["tensor_core_operands"] == "e4m3"
+                        and j["spill_store_bytes"] == 0 for j in dots)
+    assert {j["kernel"] for j in hopper["jobs"]} == {"igemm_kernel", "_quantize_kernel"}
+    assert ampere["jobs"] == [] and ampere["cases"] == []
+    assert ampere["skipped"] == [{"workload": "smoke.conv2d_fp8", "dtype": "float8_e4m3fn",
+                                  "mode": "inference", "reason": "float8_e4m3fn needs FP8 "
+                                  "tensor cores (sm_89 or newer); sm_80 has none: not compiled"}]
