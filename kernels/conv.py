@@ -49,7 +49,7 @@ def is_pointwise(geometry: ConvGeometry) -> bool:
             and not any(geometry.padding))
 
 
-def _window(geometry: ConvGeometry) -> dict[str, tuple[int, int, int]]:
+def window(geometry: ConvGeometry) -> dict[str, tuple[int, int, int]]:
     """The geometry's stride, padding and dilation over the 5-D view's three axes."""
     return dict(stride=pad_front(geometry.stride, 1), padding=pad_front(geometry.padding, 0),
                 dilation=pad_front(geometry.dilation, 1))
@@ -63,7 +63,7 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, geometry: 
     """
     w6 = gemm_weight(weight, geometry.groups, 1 if transposed else 0, cache=cache_weight)
     launch_igemm(as_5d(x), w6, as_5d(out), groups=geometry.groups, transposed=transposed,
-                 **_window(geometry), **epilogue_args)
+                 **window(geometry), **epilogue_args)
     return out
 
 
@@ -78,7 +78,7 @@ def launch_conv(out: torch.Tensor, preact: torch.Tensor | None, x: torch.Tensor,
                          preact=None if preact is None else as_5d(preact), epilogue=epilogue)
     if is_depthwise(geometry):
         launch_depthwise(as_5d(x), as_5d(weight), as_5d(out), groups=geometry.groups,
-                         transposed=False, **_window(geometry), **epilogue_args)
+                         transposed=False, **window(geometry), **epilogue_args)
     elif is_pointwise(geometry):
         launch_pointwise(as_5d(x), as_5d(weight), as_5d(out),
                          stride=pad_front(geometry.stride, 1), **epilogue_args)
@@ -105,7 +105,7 @@ def conv_input_grad(dz: torch.Tensor, weight: torch.Tensor, x: torch.Tensor,
         launch_pointwise(as_5d(dz), as_5d(weight).transpose(0, 1), as_5d(dx), stride=(1, 1, 1))
     elif is_depthwise(geometry):
         launch_depthwise(as_5d(dz), as_5d(weight), as_5d(dx), groups=geometry.groups,
-                         transposed=True, **_window(geometry))
+                         transposed=True, **window(geometry))
     else:
         _launch(dz, weight, dx, geometry, not geometry.transposed)
     return dx
@@ -116,12 +116,12 @@ def conv_weight_grad(dz: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     """dL/dW in the weight's shape and dtype."""
     if is_depthwise(geometry):
         grad = depthwise_weight_grad(as_5d(dz), as_5d(x), as_5d(weight).shape,
-                                     dtype=weight.dtype, **_window(geometry))
+                                     dtype=weight.dtype, **window(geometry))
         return grad.reshape(weight.shape)
     # A transposed op's input plays the part of a convolution's output gradient.
     dy_role, x_role = (x, dz) if geometry.transposed else (dz, x)
     grad = weight_grad(as_5d(dy_role), as_5d(x_role), as_5d(weight).shape,
-                       groups=geometry.groups, dtype=weight.dtype, **_window(geometry))
+                       groups=geometry.groups, dtype=weight.dtype, **window(geometry))
     return grad.reshape(weight.shape)
 
 
@@ -210,6 +210,11 @@ _TORCH_OPS = {
 }
 _KINDS = {(dims, transposed): _ConvKind(dims, transposed) for dims, transposed in _TORCH_OPS}
 OPERATORS = {kind: fused.register(kind.fused_op())[0] for kind in _KINDS.values()}
+
+
+def convolution_kind(spatial_dims: int) -> _ConvKind:
+    """A (not transposed) convolution's geometry and operator options, for ops built on it."""
+    return _KINDS[spatial_dims, False]
 
 
 def _run(op: str, kind: _ConvKind, input: torch.Tensor, weight: torch.Tensor,

@@ -62,7 +62,7 @@ def _check_weights(x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Te
                          f"{tuple(pw_weight.shape)}")
 
 
-def _geometry(x, dw_weight, stride, padding, dilation, pad_same) -> ConvGeometry:
+def block_geometry(x, dw_weight, stride, padding, dilation, pad_same) -> ConvGeometry:
     """The depthwise convolution's geometry (the 1x1 keeps its output size)."""
     return conv_geometry(tuple(x.shape), tuple(dw_weight.shape), stride,
                          "same" if pad_same else padding, dilation, x.shape[1], 2)
@@ -70,13 +70,13 @@ def _geometry(x, dw_weight, stride, padding, dilation, pad_same) -> ConvGeometry
 
 def _output(x, dw_weight, pw_weight, dw_bias, pw_bias, residual, stride, padding, dilation,
             pad_same, *_mid) -> torch.Tensor:
-    geometry = _geometry(x, dw_weight, stride, padding, dilation, pad_same)
+    geometry = block_geometry(x, dw_weight, stride, padding, dilation, pad_same)
     return empty_like_layout((geometry.batch, pw_weight.shape[0], *geometry.output_size), x)
 
 
 def _launch(out, preact, x, dw_weight, pw_weight, dw_bias, pw_bias, residual, stride, padding,
             dilation, pad_same, mid_activation, mid_negative_slope, epilogue, _) -> None:
-    geometry = _geometry(x, dw_weight, stride, padding, dilation, pad_same)
+    geometry = block_geometry(x, dw_weight, stride, padding, dilation, pad_same)
     launch_pointwise(as_5d(x), as_5d(pw_weight), as_5d(out), stride=pad_front(geometry.stride, 1),
                      bias=pw_bias, residual=None if residual is None else as_5d(residual),
                      preact=None if preact is None else as_5d(preact), epilogue=epilogue,
@@ -89,7 +89,7 @@ def _launch(out, preact, x, dw_weight, pw_weight, dw_bias, pw_bias, residual, st
 def _grads(dz, needs, x, dw_weight, pw_weight, dw_bias, pw_bias, residual, stride, padding,
            dilation, pad_same, mid_activation, mid_negative_slope):
     """Every gradient from dz = dL/d(pre-activation), recomputing the intermediate."""
-    geometry = _geometry(x, dw_weight, stride, padding, dilation, pad_same)
+    geometry = block_geometry(x, dw_weight, stride, padding, dilation, pad_same)
     mid = epilogue_from(mid_activation, mid_negative_slope)
     need_x, need_dw, need_pw, need_dwb, need_pwb, _ = needs
     # Recompute the intermediate m = mid(depthwise(x) + dw_bias) (and its pre-activation
@@ -154,7 +154,7 @@ def depthwise_separable_conv2d(
     unbatched = x.dim() == 3
     x4 = x.unsqueeze(0) if unbatched else x
     channels = x4.shape[1]
-    geometry = _geometry(x4, dw_weight, stride, padding, dilation, False)
+    geometry = block_geometry(x4, dw_weight, stride, padding, dilation, False)
     out_shape = (geometry.batch, pw_weight.shape[0], *geometry.output_size)
     check_bias(OP, dw_bias, channels, name="dw_bias")
     check_bias(OP, pw_bias, pw_weight.shape[0], name="pw_bias")

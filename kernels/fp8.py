@@ -10,6 +10,10 @@ FP8 before its 1x1. Products accumulate in FP32; the shared epilogue then de-sca
 
 and rounds once to `out_dtype` (float16, bfloat16 or float32). Inference only: no autograd.
 
+Each op is an operator in the `foveal` namespace (`torch.ops.foveal.conv2d_fp8`, ...; see
+library.py), so FP8 models compile and export like the others. The Python functions validate
+their arguments and call them; the operators pick the backend when they run.
+
 FP8 tensor cores start at compute capability 8.9 (Ada, Hopper); older GPUs are refused. On a
 CPU, Triton's interpreter runs the same kernels (tests), and the "torch" backend computes the
 same arithmetic with PyTorch's FP32 convolution of the FP8 values (products of two e4m3 values
@@ -23,18 +27,21 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from . import library
 from .backend import INTERPRETED, BackendUnavailable, backend_for
 from .checks import check_bias, check_residual, check_same_device_dtype
-from .conv import _window, is_depthwise, is_pointwise
+from .conv import convolution_kind, is_depthwise, is_pointwise, window
+from .depthwise_separable import block_geometry
 from .epilogue import (
     ActivationArg,
     Epilogue,
     Fp8Scales,
     activate,
     apply_epilogue,
+    epilogue_from,
     parse_activation,
 )
-from .geometry import ConvGeometry, PaddingArg, conv_geometry
+from .geometry import ConvGeometry, PaddingArg
 from .igemm import launch_igemm
 from .launch import planning_target
 from .pointwise import DepthwiseStage, launch_pointwise
@@ -142,8 +149,59 @@ def _torch_fp8(conv: Callable[..., torch.Tensor], x: torch.Tensor, input_scale: 
     return apply_epilogue(y, bias, residual, epilogue).to(out_dtype)
 
 
+def _zero_product(out: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None,
+                  epilogue: Epilogue) -> torch.Tensor:
+    """An empty reduction (no input channels) or output: the epilogue of zeros."""
+    return out.copy_(apply_epilogue(out.zero_(), bias, residual, epilogue))
+
+
+def _conv_fp8_output(input, input_scale, weight, weight_scale, bias, residual, stride, padding,
+                     dilation, groups, pad_same, activation, negative_slope,
+                     out_dtype) -> torch.Tensor:
+    """The fake implementation: an empty output in the input's memory format."""
+    geometry = convolution_kind(input.dim() - 2).geometry(
+        tuple(input.shape), tuple(weight.shape), stride, padding, dilation, groups, pad_same)
+    return empty_like_layout(geometry.output_shape, input, out_dtype)
+
+
+def _conv_fp8_real(input, input_scale, weight, weight_scale, bias, residual, stride, padding,
+                   dilation, groups, pad_same, activation, negative_slope,
+                   out_dtype) -> torch.Tensor:
+    kind = convolution_kind(input.dim() - 2)
+    geometry = kind.geometry(tuple(input.shape), tuple(weight.shape), stride, padding, dilation,
+                             groups, pad_same)
+    out = empty_like_layout(geometry.output_shape, input, out_dtype)
+    epilogue = epilogue_from(activation, negative_slope)
+    if _backend(f"{kind.name}_fp8", input.device) == "torch":
+        return out.copy_(_torch_fp8(
+            _TORCH_CONVS[kind.spatial_dims], input, input_scale, weight, weight_scale, bias,
+            residual, epilogue, kind.torch_args(stride, padding, dilation, groups, pad_same),
+            out_dtype))
+    if input.numel() == 0 or weight.numel() == 0:
+        return _zero_product(out, bias, residual, epilogue)
+    args = dict(bias=bias, residual=None if residual is None else as_5d(residual),
+                epilogue=epilogue, scales=Fp8Scales(input_scale, weight_scale))
+    x5 = as_5d(_channels_last(input))
+    if is_pointwise(geometry):
+        launch_pointwise(x5, as_5d(weight), as_5d(out), stride=pad_front(geometry.stride, 1),
+                         **args)
+    else:
+        launch_igemm(x5, gemm_weight(weight, groups, 0, cache=True), as_5d(out), groups=groups,
+                     transposed=False, **window(geometry), **args)
+    return out
+
+
+_CONV_FP8_SCHEMA = ("(Tensor input, Tensor input_scale, Tensor weight, Tensor weight_scale, "
+                    "Tensor? bias, Tensor? residual, int[] stride, int[] padding, int[] dilation, "
+                    "int groups, bool pad_same, str? activation, float negative_slope, "
+                    "ScalarType out_dtype) -> Tensor")
+CONV_OPERATORS = {dims: library.define_op(f"conv{dims}d_fp8", _CONV_FP8_SCHEMA, _conv_fp8_real,
+                                          _conv_fp8_output) for dims in (2, 3)}
+
+
 def _conv_fp8(op: str, spatial_dims: int, input, input_scale, weight, weight_scale, bias, stride,
               padding, dilation, groups, activation, residual, out_dtype) -> torch.Tensor:
+    """Validate, then call the operator on a batched input."""
     epilogue = parse_activation(activation)
     _check_fp8(op, "input", input, (spatial_dims + 1, spatial_dims + 2))
     _check_fp8(op, "weight", weight, (spatial_dims + 2,))
@@ -151,8 +209,9 @@ def _conv_fp8(op: str, spatial_dims: int, input, input_scale, weight, weight_sca
     _check_device(op, input.device, weight=weight, bias=bias, residual=residual)
     unbatched = input.dim() == spatial_dims + 1
     x = input.unsqueeze(0) if unbatched else input
-    geometry: ConvGeometry = conv_geometry(tuple(x.shape), tuple(weight.shape), stride, padding,
-                                           dilation, groups, spatial_dims)
+    kind = convolution_kind(spatial_dims)
+    geometry: ConvGeometry = kind.geometry(tuple(x.shape), tuple(weight.shape), stride, padding,
+                                           dilation, groups, False)
     if is_depthwise(geometry):
         raise ValueError(f"{op}: depthwise convolutions (one input channel per group) have no "
                          "FP8 path: they are memory-bound multiply-adds with no tensor-core "
@@ -165,24 +224,9 @@ def _conv_fp8(op: str, spatial_dims: int, input, input_scale, weight, weight_sca
     _refuse_gradients(op, input=input, weight=weight, bias=bias, residual=residual,
                       weight_scale=weight_scale, input_scale=in_scale)
     res = residual.unsqueeze(0) if unbatched and residual is not None else residual
-
-    if _backend(op, x.device) == "torch":
-        out = _torch_fp8(_TORCH_CONVS[spatial_dims], x, in_scale, weight, weight_scale, bias,
-                         res, epilogue, (stride, padding, dilation, groups), out_dtype)
-    elif x.numel() == 0 or weight.numel() == 0:
-        out = apply_epilogue(empty_like_layout(geometry.output_shape, x, out_dtype).zero_(),
-                             bias, res, epilogue).to(out_dtype)
-    else:
-        out = empty_like_layout(geometry.output_shape, x, out_dtype)
-        args = dict(bias=bias, residual=None if res is None else as_5d(res), epilogue=epilogue,
-                    scales=Fp8Scales(in_scale, weight_scale))
-        x5 = as_5d(_channels_last(x))
-        if is_pointwise(geometry):
-            launch_pointwise(x5, as_5d(weight), as_5d(out), stride=pad_front(geometry.stride, 1),
-                             **args)
-        else:
-            launch_igemm(x5, gemm_weight(weight, groups, 0, cache=True), as_5d(out),
-                         groups=groups, transposed=False, **_window(geometry), **args)
+    out = CONV_OPERATORS[spatial_dims](x, in_scale, weight, weight_scale, bias, res,
+                                       *kind.operator_options(geometry, padding),
+                                       epilogue.name, epilogue.alpha, out_dtype)
     return out.squeeze(0) if unbatched else out
 
 
@@ -227,6 +271,51 @@ def _check_block_weights(x: torch.Tensor, dw_weight: torch.Tensor,
                          f"{tuple(pw_weight.shape)}")
 
 
+def _block_output(x, dw_weight, pw_weight, pw_weight_scale, mid_scale, dw_bias, pw_bias,
+                  residual, stride, padding, dilation, pad_same, mid_activation,
+                  mid_negative_slope, activation, negative_slope, out_dtype) -> torch.Tensor:
+    """The fake implementation: an empty output in x's memory format."""
+    geometry = block_geometry(x, dw_weight, stride, padding, dilation, pad_same)
+    return empty_like_layout((geometry.batch, pw_weight.shape[0], *geometry.output_size), x,
+                             out_dtype)
+
+
+def _block_real(x, dw_weight, pw_weight, pw_weight_scale, mid_scale, dw_bias, pw_bias, residual,
+                stride, padding, dilation, pad_same, mid_activation, mid_negative_slope,
+                activation, negative_slope, out_dtype) -> torch.Tensor:
+    geometry = block_geometry(x, dw_weight, stride, padding, dilation, pad_same)
+    out = empty_like_layout((geometry.batch, pw_weight.shape[0], *geometry.output_size), x,
+                            out_dtype)
+    mid = epilogue_from(mid_activation, mid_negative_slope)
+    epilogue = epilogue_from(activation, negative_slope)
+    if _backend(DS_OP, x.device) == "torch":
+        m = activate(F.conv2d(x.float(), dw_weight.float(), None if dw_bias is None
+                              else dw_bias.float(), stride, "same" if pad_same else padding,
+                              dilation, x.shape[1]), mid)
+        return out.copy_(_torch_fp8(F.conv2d, round_fp8(m, mid_scale), mid_scale, pw_weight,
+                                    pw_weight_scale, pw_bias, residual, epilogue, (),
+                                    out_dtype))
+    if out.numel() == 0 or x.numel() == 0:
+        return _zero_product(out, pw_bias, residual, epilogue)
+    launch_pointwise(as_5d(x), as_5d(pw_weight), as_5d(out), stride=pad_front(geometry.stride, 1),
+                     bias=pw_bias, residual=None if residual is None else as_5d(residual),
+                     epilogue=epilogue,
+                     depthwise=DepthwiseStage(as_5d(dw_weight), dw_bias,
+                                              pad_front(geometry.padding, 0),
+                                              pad_front(geometry.dilation, 1), mid),
+                     scales=Fp8Scales(mid_scale, pw_weight_scale))
+    return out
+
+
+BLOCK_OPERATOR = library.define_op(
+    DS_OP, "(Tensor x, Tensor dw_weight, Tensor pw_weight, Tensor pw_weight_scale, "
+           "Tensor mid_scale, Tensor? dw_bias, Tensor? pw_bias, Tensor? residual, int[] stride, "
+           "int[] padding, int[] dilation, bool pad_same, str? mid_activation, "
+           "float mid_negative_slope, str? activation, float negative_slope, "
+           "ScalarType out_dtype) -> Tensor",
+    _block_real, _block_output)
+
+
 def depthwise_separable_conv2d_fp8(
         x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor,
         pw_weight_scale: torch.Tensor, mid_scale: ScaleArg, dw_bias: torch.Tensor | None = None,
@@ -263,8 +352,7 @@ def depthwise_separable_conv2d_fp8(
     unbatched = x.dim() == 3
     x4 = x.unsqueeze(0) if unbatched else x
     channels, c_out = x4.shape[1], pw_weight.shape[0]
-    geometry = conv_geometry(tuple(x4.shape), tuple(dw_weight.shape), stride, padding, dilation,
-                             channels, 2)
+    geometry = block_geometry(x4, dw_weight, stride, padding, dilation, False)
     out_shape = (geometry.batch, c_out, *geometry.output_size)
     check_bias(DS_OP, dw_bias, channels, name="dw_bias")
     check_bias(DS_OP, pw_bias, c_out, name="pw_bias")
@@ -275,22 +363,8 @@ def depthwise_separable_conv2d_fp8(
                       pw_bias=pw_bias, residual=residual, pw_weight_scale=pw_weight_scale,
                       mid_scale=scale)
     res = residual.unsqueeze(0) if unbatched and residual is not None else residual
-
-    if _backend(DS_OP, x.device) == "torch":
-        m = activate(F.conv2d(x4.float(), dw_weight.float(), None if dw_bias is None
-                              else dw_bias.float(), stride, padding, dilation, channels), mid)
-        out = _torch_fp8(F.conv2d, round_fp8(m, scale), scale, pw_weight, pw_weight_scale,
-                         pw_bias, res, epilogue, (), out_dtype)
-    elif x4.numel() == 0 or 0 in out_shape:
-        out = apply_epilogue(empty_like_layout(out_shape, x4, out_dtype).zero_(), pw_bias, res,
-                             epilogue).to(out_dtype)
-    else:
-        out = empty_like_layout(out_shape, x4, out_dtype)
-        launch_pointwise(as_5d(x4), as_5d(pw_weight), as_5d(out),
-                         stride=pad_front(geometry.stride, 1), bias=pw_bias,
-                         residual=None if res is None else as_5d(res), epilogue=epilogue,
-                         depthwise=DepthwiseStage(as_5d(dw_weight), dw_bias,
-                                                  pad_front(geometry.padding, 0),
-                                                  pad_front(geometry.dilation, 1), mid),
-                         scales=Fp8Scales(scale, pw_weight_scale))
+    out = BLOCK_OPERATOR(x4, dw_weight, pw_weight, pw_weight_scale, scale, dw_bias, pw_bias, res,
+                         list(geometry.stride), list(geometry.padding), list(geometry.dilation),
+                         padding == "same", mid.name, mid.alpha, epilogue.name, epilogue.alpha,
+                         out_dtype)
     return out.squeeze(0) if unbatched else out

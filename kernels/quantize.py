@@ -10,7 +10,9 @@ Weights are quantized once (offline); activations per call, by one Triton pass o
 (`quantize_e4m3`, the same rounding the fused depthwise-separable kernel applies on chip), with
 a scale given (calibrated, static) or computed from the tensor's own amax (dynamic).
 
-Scales are float32 tensors on the operands' device. Their values (finite, > 0) are checked once
+`quantize_fp8`'s pass is the operator `torch.ops.foveal.quantize_fp8` (library.py); its scale is
+computed with PyTorch ops, which compilers see. Scales are float32 tensors on the operands'
+device. Their values (finite, > 0) are checked once
 per tensor and version: a check reads them on the host, which on a GPU would stall every call.
 Scales made here are known good and never read back.
 """
@@ -25,7 +27,9 @@ import weakref
 import torch
 import triton
 import triton.language as tl
+from torch._subclasses.fake_tensor import is_fake
 
+from . import library
 from .backend import backend_for
 from .launch import is_planned, launch
 from .tensors import memory_format_of, needs_int64
@@ -98,15 +102,26 @@ def quantize_fp8(x: torch.Tensor, scale: ScaleArg | None = None) -> tuple[torch.
         scale = _trusted(scale_from_amax(amax))
     else:
         scale = as_scale("quantize_fp8", "scale", scale, x.device)
-    x = x.detach()
+    return QUANTIZE_OPERATOR(x.detach(), scale), scale
+
+
+def _quantized_output(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The fake implementation: float8_e4m3fn in x's shape and memory format."""
+    return torch.empty_like(x, dtype=FP8, memory_format=memory_format_of(x))
+
+
+def _quantize_real(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    out = _quantized_output(x, scale)
     if backend_for(x.device) == "torch" or x.numel() == 0:
-        return round_fp8(x, scale), scale
-    fmt = memory_format_of(x)
-    x = x.contiguous(memory_format=fmt)  # dense: the flat order pairs x and out elementwise
-    out = torch.empty_like(x, dtype=FP8, memory_format=fmt)
+        return out.copy_(round_fp8(x, scale))
+    x = x.contiguous(memory_format=memory_format_of(x))  # dense: flat order pairs x and out
     launch(_quantize_kernel, (triton.cdiv(x.numel(), _BLOCK),), x, out, scale, x.numel(),
            INT64=needs_int64(x), BLOCK=_BLOCK)
-    return out, scale
+    return out
+
+
+QUANTIZE_OPERATOR = library.define_op("quantize_fp8", "(Tensor x, Tensor scale) -> Tensor",
+                                      _quantize_real, _quantized_output)
 
 
 @triton.jit
@@ -125,8 +140,15 @@ _verified: dict[int, tuple[weakref.ref, int]] = {}  # id -> (tensor, version who
 _lock = threading.RLock()  # reentrant: a weak reference's callback may run inside
 
 
+def _traced(t: torch.Tensor) -> bool:
+    """Under torch.compile or torch.export: the values are not known (fake tensors)."""
+    return torch.compiler.is_compiling() or is_fake(t)
+
+
 def _trusted(scale: torch.Tensor) -> torch.Tensor:
     """Record a scale made here (finite and > 0 by construction) as checked."""
+    if _traced(scale):
+        return scale
     key = id(scale)
     with _lock:
         _verified[key] = (weakref.ref(scale, functools.partial(_forget, key)), scale._version)
@@ -139,8 +161,9 @@ def _forget(key: int, _dead: weakref.ref | None = None) -> None:
 
 
 def _check_values(op: str, name: str, scale: torch.Tensor) -> None:
-    """Finite and > 0, read on the host once per tensor and version (never for meta tensors)."""
-    if is_planned(scale.device) or scale.device.type == "meta":
+    """Finite and > 0, read on the host once per tensor and version (never for meta tensors,
+    nor while tracing: checked when the traced code runs eagerly)."""
+    if is_planned(scale.device) or scale.device.type == "meta" or _traced(scale):
         return
     with _lock:
         source, version = _verified.get(id(scale), (None, -1))
