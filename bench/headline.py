@@ -1,6 +1,7 @@
 """The performance table's rows: one real layer per kind of kernel foveal offers, in fp16
 channels_last, against the library a user would otherwise call (cuDNN through PyTorch, or
-torchvision for deformable convolution).
+torchvision for deformable convolution); and FP8 ResNet-50 3x3 against cuDNN's fp16, since
+PyTorch has no FP8 convolution.
 
 `make gpu-check` measures these rows before the rest of the suite, and the results page opens
 with them, so both read the rows from here. Each row names its full-suite workload and a smoke
@@ -35,6 +36,8 @@ class HeadlineRow:
 
 ROWS: tuple[HeadlineRow, ...] = (
     HeadlineRow("ResNet-50 3x3", "resnet50.layer1.0.conv2", "smoke.conv2d.bottleneck"),
+    HeadlineRow("ResNet-50 3x3, FP8 e4m3 (cuDNN in fp16)", "resnet50.layer1.0.conv2.fp8",
+                "smoke.conv2d_fp8", dtype="float8_e4m3fn", baseline="cuDNN fp16"),
     HeadlineRow("ResNet-50 1x1 (+residual)", "resnet50.layer1.0.conv3", "smoke.conv2d.pointwise"),
     HeadlineRow("ResNeXt-50 grouped 3x3 (g=32)", "resnext50.layer2.1.conv2",
                 "smoke.conv2d.grouped"),

@@ -48,9 +48,10 @@ def test_default_plan_fits_480_s_and_covers_the_first_three_priorities():
         assert any(p == priority and s >= MIN_PHASE_S for p, s in limits.values()), priority
     total = int(re.fullmatch(r"total: (\d+) s", lines[-1])[1])
     assert total == sum(s for _, s in limits.values()) <= 480
-    text = done.stdout
+    text = " ".join(done.stdout.split())  # lines are wrapped
     for row in ROWS:  # every headline row is listed with its workload and baseline
-        assert f"{row.title}: {row.workload} float16" in text and f"(vs {row.baseline})" in text
+        assert f"{row.title}: {row.workload} {row.dtype}" in text
+        assert f"(vs {row.baseline})" in text
     assert all(test in text for test in GPU_TESTS)
     assert "conv2d backward: float16 bfloat16 float32" in text  # a selfcheck case
 
@@ -102,20 +103,23 @@ def _kind(workload) -> tuple:
 def test_headline_rows_are_real_layers_with_smoke_stand_ins_of_the_same_kind(row):
     full, smoke = WORKLOADS[row.workload], WORKLOADS[row.smoke]
     assert full.suite == "full" and smoke.suite == "smoke"
-    assert row.dtype == "float16" in full.dtypes and full.layout == "channels_last"
+    fp8 = full.op.endswith("_fp8")
+    assert row.dtype == ("float8_e4m3fn" if fp8 else "float16") in full.dtypes
+    assert full.layout == "channels_last"
     assert _kind(full) == _kind(smoke)
-    assert row.baseline == ("torchvision" if full.op == "deform_conv2d" else "cuDNN")
+    assert row.baseline == ("torchvision" if full.op == "deform_conv2d"
+                            else "cuDNN fp16" if fp8 else "cuDNN")
 
 
 def test_headline_covers_the_performance_table():
     titles = " | ".join(r.title for r in ROWS)
     for kind in ("ResNet-50 3x3", "ResNet-50 1x1", "ResNeXt", "MobileNetV2 depthwise",
                  "depthwise-separable", "31x31", "conv_transpose 4x4 stride 2", "R3D-18",
-                 "DCNv2 forward", "DCNv2 forward+backward"):
+                 "DCNv2 forward", "DCNv2 forward+backward", "FP8"):
         assert kind in titles
     cases = headline_cases(WORKLOADS.values(), "full")
     keys = [(w.name, d, direction) for w, d, direction in cases]
-    assert len(keys) == len(set(keys)) == 10  # DCNv2's forward is measured once for two rows
+    assert len(keys) == len(set(keys)) == 11  # DCNv2's forward is measured once for two rows
     assert keys[-1] == ("dcnv2.res4", "float16", "backward")
 
 
@@ -129,7 +133,7 @@ def test_suite_and_compile_phases_leave_out_what_others_measure():
     assert compile_cases and all(ADAPTERS[w.op].compiles and x == "forward"
                                  for w, _, x in compile_cases)
     plan = {p.name: p for p in make_plan(DEFAULT_BUDGET_S, "smoke")}
-    assert plan["headline"].count == 10 and plan["models"].count == 3
+    assert plan["headline"].count == 11 and plan["models"].count == 3
 
 
 def test_every_planned_gpu_test_exists():
