@@ -54,14 +54,17 @@ class Context:
 
 
 def _selfcheck(ctx: Context) -> int:
-    from foveal.kernels.selfcheck import CHECKS
+    import torch
+
+    from foveal.kernels.selfcheck import checks_for
 
     from .gpu_selfcheck import format_row, run_checks
     from .loaded_kernels import kernel_id
     from .report import write_json
 
     done = _done(ctx)
-    tasks = [(name, dtype) for name in CHECKS for dtype in SELFCHECK_DTYPES
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tasks = [(name, dtype) for name in checks_for(device) for dtype in SELFCHECK_DTYPES
              if f"{name} {dtype}" not in done]
     kernels: dict[str, dict[str, Any]] = {}
     failed = []

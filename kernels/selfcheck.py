@@ -186,6 +186,23 @@ def _deform_problem(device: torch.device, dtype: torch.dtype):
     return (x, weight, shifts, modulation), ours, reference
 
 
+def _conv_fp8_check(device: torch.device, dtype: torch.dtype) -> float:
+    """conv2d_fp8 with its output in `dtype`, against the float64 convolution of the
+    dequantized operands (the products are exact; only the sums' order and the output's
+    rounding differ)."""
+    from .fp8 import conv2d_fp8
+    from .quantize import quantize_fp8, quantize_weight_fp8
+
+    x = torch.randn(2, 16, 7, 7, device=device).to(memory_format=torch.channels_last)
+    w8, w_scale = quantize_weight_fp8(torch.randn(8, 16, 3, 3, device=device))
+    x8, x_scale = quantize_fp8(x)
+    b = torch.randn(8, device=device)
+    out = conv2d_fp8(x8, x_scale, w8, w_scale, b, padding=1, activation="relu", out_dtype=dtype)
+    ref = F.conv2d(x8.double() * x_scale.double(),
+                   w8.double() * w_scale.double().reshape(-1, 1, 1, 1), b.double(), padding=1)
+    return _relative_error(out, F.relu(ref))
+
+
 def _deform_check(device: torch.device, dtype: torch.dtype) -> float:
     inputs, ours, reference = _deform_problem(device, dtype)
     return _relative_error(F.relu(ours(*inputs)), F.relu(reference(*inputs)))
@@ -217,7 +234,17 @@ CHECKS: dict[str, Callable[[torch.device, torch.dtype], float]] = {
     "local_conv2d": _local_conv_check,
     "deform_conv2d": _deform_check,
     "deform_conv2d backward": _deform_backward_check,
+    "conv2d_fp8": _conv_fp8_check,
 }
+FP8_CHECKS = ("conv2d_fp8",)  # run where FP8 tensor cores are (sm_89+) or in the interpreter
+
+
+def checks_for(device: torch.device) -> list[str]:
+    """The checks `device` can run: all but the FP8 ones on GPUs without FP8 tensor cores."""
+    from .fp8 import fp8_unavailable
+
+    fp8 = fp8_unavailable(device) is None
+    return [name for name in CHECKS if fp8 or name not in FP8_CHECKS]
 
 
 def run_selfcheck(device: torch.device | str | None = None,
@@ -231,10 +258,10 @@ def run_selfcheck(device: torch.device | str | None = None,
     torch.manual_seed(0)
     results = []
     try:
-        for name, check in CHECKS.items():
+        for name in checks_for(device):
             for dtype in dtypes:
                 start = time.perf_counter()
-                error = check(device, dtype)
+                error = CHECKS[name](device, dtype)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 results.append(CheckResult(name, backend, str(dtype).removeprefix("torch."),

@@ -126,3 +126,13 @@ def test_gpus_without_fp8_tensor_cores_are_refused(target, reason, monkeypatch):
     assert fp8_unavailable(torch.device("meta")) is None  # not planning: no GPU to judge
     monkeypatch.setattr("foveal.kernels.fp8.planning_target", lambda: target)
     assert fp8_unavailable(torch.device("meta")) == reason
+
+
+def test_selfcheck_runs_fp8_only_where_fp8_tensor_cores_are(monkeypatch):
+    from foveal.kernels import fp8, selfcheck
+
+    cpu = torch.device("cpu")
+    assert "conv2d_fp8" in selfcheck.checks_for(cpu)  # the interpreter runs it
+    monkeypatch.setattr(fp8, "fp8_unavailable", lambda device: "compute capability 8.0")
+    checks = selfcheck.checks_for(cpu)
+    assert "conv2d_fp8" not in checks and "conv2d" in checks
