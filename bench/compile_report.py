@@ -221,7 +221,7 @@ def document(run: CompileRun, arch: str, settings: dict[str, Any]) -> dict[str, 
     indices = [i for i, job in enumerate(run.jobs) if job.spec.arch == arch]
     renumber = {old: new for new, old in enumerate(indices)}
     found = [v for v in violations(run) if v.arch == arch]
-    jobs = [{"kernel": run.jobs[i].kernel, "config": run.jobs[i].config,
+    jobs = [{"kernel": run.jobs[i].kernel, "key": run.jobs[i].key, "config": run.jobs[i].config,
              "constexprs": run.jobs[i].constexprs, "dtypes": sorted(run.jobs[i].dtypes),
              **run.jobs[i].result.to_json()} for i in indices]
     cases = [{"workload": case.workload.name, "dtype": case.dtype, "mode": case.mode,

@@ -31,7 +31,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,7 @@ class Job:
     constexprs: dict[str, Any]  # the launcher's own constexprs (activation, layout flags...)
     dtypes: set[str] = field(default_factory=set)  # the dtypes of the cases that launch it
     result: oc.Compiled = field(default_factory=oc.Compiled)
+    key: str = ""  # `_cache_key`: where its result is cached and kept
 
 
 @dataclass
@@ -229,6 +230,25 @@ def _cached(key: str) -> oc.Compiled | None:
     return oc.Compiled(**json.loads(path.read_text())) if path.is_file() else None
 
 
+def kept_results(triton_version: str) -> dict[str, oc.Compiled]:
+    """The results kept under bench/results/compile/ for this Triton, by cache key.
+
+    The key covers the kernel's source (callees included), the specialization and Triton's
+    version, so a clean checkout compiles only the kernels changed since the results were
+    kept: a full check after a one-kernel change takes minutes, not the ~40 of a cold run.
+    """
+    from .compile_page import RESULTS_DIR
+    from .compile_report import result_name
+
+    names = {f.name for f in fields(oc.Compiled)}
+    kept = {}
+    for path in sorted(RESULTS_DIR.glob(result_name(triton_version, "*"))):
+        for job in json.loads(path.read_text()).get("jobs", []):
+            if job.get("key") and job.get("error") is None:
+                kept[job["key"]] = oc.Compiled(**{k: v for k, v in job.items() if k in names})
+    return kept
+
+
 def _store(key: str, result: oc.Compiled) -> None:
     if result.error is None:  # a failure is compiled again next time, with its message
         _cache_dir().mkdir(parents=True, exist_ok=True)
@@ -279,6 +299,7 @@ def _index_jobs(run: CompileRun, cases: Sequence[Case], planned: Sequence[Planne
     take cached results; returns (job index, cache key) of the jobs left to compile."""
     index: dict[oc.CompileJob, int] = {}
     todo = []
+    kept = kept_results(run.triton) if use_cache else {}
     for case, result in zip(cases, planned, strict=True):
         if isinstance(result, str):
             run.planning_errors.append((case, result))
@@ -288,9 +309,9 @@ def _index_jobs(run: CompileRun, cases: Sequence[Case], planned: Sequence[Planne
             for config, spec in candidates:
                 if spec not in index:
                     index[spec] = len(run.jobs)
-                    run.jobs.append(Job(spec, kernel, config, constexprs))
                     key = _cache_key(spec, run.triton)
-                    cached = _cached(key) if use_cache else None
+                    run.jobs.append(Job(spec, kernel, config, constexprs, key=key))
+                    cached = (kept.get(key) or _cached(key)) if use_cache else None
                     if cached is None:
                         todo.append((index[spec], key))
                     else:

@@ -42,8 +42,9 @@ def register(subparsers) -> None:
     p.add_argument("--jobs", type=int, default=None,
                    help="compiler processes (default: one per CPU)")
     p.add_argument("--no-cache", action="store_true",
-                   help="compile everything again (default: reuse results of unchanged kernels "
-                        "from $FOVEAL_COMPILE_CACHE or ~/.cache/foveal/compilecheck)")
+                   help="compile everything again (default: reuse the results of unchanged "
+                        "kernels kept under bench/results/compile/ or cached in "
+                        "$FOVEAL_COMPILE_CACHE or ~/.cache/foveal/compilecheck)")
     p.add_argument("--json", metavar="PATH", help="also write every result as JSON")
     p.add_argument("--save", action="store_true",
                    help="keep the results under bench/results/compile/ (Triton version and "

@@ -28,6 +28,7 @@ def test_compiles_a_workload_and_writes_json(tmp_path):
     jobs = document["jobs"]
     assert jobs and all(j["error"] is None and j["registers"] > 0 for j in jobs)
     assert all(j["tensor_cores"] == "mma" for j in jobs if j["dot"])
+    assert all(len(j["key"]) == 64 for j in jobs)  # what kept results are found by
     (case,) = document["cases"]
     assert case["workload"] == "smoke.conv2d.bottleneck" and case["mode"] == "inference"
     assert all(0 <= i < len(jobs) for launch in case["launches"] for i in launch)
@@ -35,6 +36,23 @@ def test_compiles_a_workload_and_writes_json(tmp_path):
     again = run_cli("--workloads", "smoke.conv2d.bottleneck", "--dtypes", "float16", "--arch",
                     "sm_80", "--modes", "inference", tmp_path=tmp_path)
     assert again.returncode == 0 and f"{len(jobs)} cached, 0 to compile" in again.stderr
+
+
+def test_kept_results_stand_for_unchanged_kernels_of_the_same_triton(tmp_path, monkeypatch):
+    from foveal.bench import compile_page, compilecheck
+
+    monkeypatch.setattr(compile_page, "RESULTS_DIR", tmp_path)
+    good = {"kernel": "igemm_kernel", "key": "a" * 64, "config": {}, "registers": 128,
+            "spill_store_bytes": 0, "stack_bytes": 0, "tensor_cores": "wgmma", "error": None}
+    failed = {**good, "key": "b" * 64, "error": "ptxas error"}  # compiled again, with its message
+    unkeyed = {**good, "key": ""}
+    (tmp_path / "triton-9.9.9_sm_90.json").write_text(json.dumps({"jobs": [good, failed,
+                                                                         unkeyed]}))
+    (tmp_path / "triton-9.9.8_sm_90.json").write_text(json.dumps({"jobs": [{**good,
+                                                                          "key": "c" * 64}]}))
+    kept = compilecheck.kept_results("9.9.9")
+    assert list(kept) == ["a" * 64]
+    assert (kept["a" * 64].registers, kept["a" * 64].tensor_cores) == (128, "wgmma")
 
 
 def test_unknown_workload_and_arch_are_named(tmp_path):
