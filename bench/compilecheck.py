@@ -233,9 +233,9 @@ def _cached(key: str) -> oc.Compiled | None:
 def kept_results(triton_version: str) -> dict[str, oc.Compiled]:
     """The results kept under bench/results/compile/ for this Triton, by cache key.
 
-    The key covers the kernel's source (callees included), the specialization and Triton's
-    version, so a clean checkout compiles only the kernels changed since the results were
-    kept: a full check after a one-kernel change takes minutes, not the ~40 of a cold run.
+    The key covers the kernel's source (callees and line number included), the
+    specialization and Triton's version, so a clean checkout compiles only the kernels changed
+    since the results were kept, not the ~40 minutes of a cold run.
     """
     from .compile_page import RESULTS_DIR
     from .compile_report import result_name

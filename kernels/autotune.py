@@ -154,6 +154,45 @@ def prune_tiles(configs: Sequence[triton.Config], m: int, n: int, k: int,
     return [min(configs, key=lambda c: math.prod(c.kwargs[name] for name in blocks))]
 
 
+def within_registers(configs: Sequence[triton.Config], *, a_per_thread: int | None = None,
+                     acc_per_thread: int | None = None, max_block_m: int | None = None,
+                     max_block_k: int | None = None) -> list[triton.Config]:
+    """The configs whose A tile (BLOCK_M x BLOCK_K) and accumulator (BLOCK_M x BLOCK_N) hold at
+    most these many elements per thread, and whose BLOCK_M and BLOCK_K are at most these.
+
+    Register limits past which ptxas spilled (foveal compilecheck); each caller says which
+    problem shapes need them. All of `configs` when none is within: the autotuner keeps a
+    choice, and the compile check reports the spill.
+    """
+    def light(config: triton.Config) -> bool:
+        kw, threads = config.kwargs, 32 * config.num_warps
+        return ((a_per_thread is None or kw["BLOCK_M"] * kw["BLOCK_K"] <= a_per_thread * threads)
+                and (acc_per_thread is None
+                     or kw["BLOCK_M"] * kw["BLOCK_N"] <= acc_per_thread * threads)
+                and (max_block_m is None or kw["BLOCK_M"] <= max_block_m)
+                and (max_block_k is None or kw["BLOCK_K"] <= max_block_k))
+    return [c for c in configs if light(c)] or list(configs)
+
+
+def at_most_stages(configs: Sequence[triton.Config], stages: int) -> list[triton.Config]:
+    """`configs` with their software pipelines cut to `stages` (each in-flight stage holds
+    its loads' registers), the first of any duplicates kept."""
+    kept: dict[tuple, triton.Config] = {}
+    for config in configs:
+        if config.num_stages > stages:
+            config = make_config(config.kwargs, config.num_warps, stages)
+        kept.setdefault((tuple(sorted(config.kwargs.items())), config.num_warps,
+                         config.num_stages), config)
+    return list(kept.values())
+
+
+def unaligned(*extents: int) -> bool:
+    """Whether a channel count is not a multiple of 16: Triton then cannot assume 16-element
+    aligned strides, loads and stores go element by element, and every element holds its own
+    address in registers."""
+    return any(extent % 16 for extent in extents)
+
+
 # At most this many configs per autotuned launch when set to N > 0 (`make gpu-check` sets it:
 # on a short GPU lease each config tried costs a compile). Applied after a kernel's own
 # pruning, it keeps the first N that pruning kept: every config list is ordered most suitable

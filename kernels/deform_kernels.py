@@ -36,11 +36,11 @@ import torch
 import triton
 import triton.language as tl
 
-from .autotune import ANY_WIDTH, autotuned, prune_tiles, tile_configs
+from .autotune import ANY_WIDTH, autotuned, prune_tiles, tile_configs, within_registers
 from .epilogue import NO_EPILOGUE, Epilogue
 from .geometry import ConvGeometry
 from .igemm import input_precision
-from .launch import launch, upcast_operands
+from .launch import compute_capability, launch, upcast_operands
 from .tensors import empty_like_layout, needs_int64
 from .tl_helpers import (
     accumulator,
@@ -180,10 +180,17 @@ _FORWARD_KEY = ["BATCH", "C_G", "COUT_G", "C_OG", "IN_H", "IN_W", "OUT_H", "OUT_
 
 
 def _prune_forward(configs, args):
+    """prune_tiles; in fp32 on Ampere at most 32 accumulator elements per thread (64x128x32 on
+    4 warps sits at 255 registers and spilled a few bytes with NCHW offsets, 64x256x32 on 8
+    with NCHW input)."""
     rows = args["BATCH"] * args["OUT_H"] * args["OUT_W"]
     segment = min(args["C_G"], args["C_OG"])
-    return prune_tiles(configs, rows, args["COUT_G"], segment, args["x_ptr"],
-                       narrowest=ANY_WIDTH)
+    x = args["x_ptr"]
+    kept = prune_tiles(configs, rows, args["COUT_G"], segment, x, narrowest=ANY_WIDTH)
+    capability = compute_capability(x.device)
+    if x.element_size() == 4 and capability is not None and capability < 90:
+        return within_registers(kept, acc_per_thread=32)
+    return kept
 
 
 # The deformable kernels sample one operand in registers (four corners, their masks and

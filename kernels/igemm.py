@@ -30,7 +30,16 @@ import torch
 import triton
 import triton.language as tl
 
-from .autotune import FP8_INTERPRETER_TILE, FP8_TILES, autotuned, prune_tiles, tile_configs
+from .autotune import (
+    FP8_INTERPRETER_TILE,
+    FP8_TILES,
+    at_most_stages,
+    autotuned,
+    prune_tiles,
+    tile_configs,
+    unaligned,
+    within_registers,
+)
 from .epilogue import NO_EPILOGUE, Epilogue, Fp8Scales
 from .launch import compute_capability, launch, upcast_operands
 from .tensors import needs_int64
@@ -45,21 +54,19 @@ _KEY = ["ROWS_BUCKET", "LAYOUT", "C_G", "COUT_G", "IN_MUL_D", "IN_MUL_H", "IN_MU
 _KEY_ONLY = ["ROWS_BUCKET", "LAYOUT"]
 
 
-def _light(config, *, a_per_thread: int, acc_per_thread: int, max_block_k: int = 256) -> bool:
-    kw, threads = config.kwargs, 32 * config.num_warps
-    return (kw["BLOCK_M"] * kw["BLOCK_K"] <= a_per_thread * threads
-            and kw["BLOCK_M"] * kw["BLOCK_N"] <= acc_per_thread * threads
-            and kw["BLOCK_K"] <= max_block_k)
-
-
 def _prune(configs, args):
-    """prune_tiles, then two register limits measured with foveal compilecheck (Triton 3.6 and
+    """prune_tiles, then register limits measured with foveal compilecheck (Triton 3.6 and
     3.8), past which ptxas spills at its 255-register ceiling:
     - a flattened (tap, channel) reduction builds a tile of addresses and bounds tests beside
       the A tile each step: at most 16 A (32 for FP8's one-byte elements; 64x32x128 and
       128x32x64 FP8 tiles on 4 warps spilled) and 32 accumulator elements per thread;
     - fp32 (TF32) operands on Ampere's mma.sync: at most 32 accumulator elements per thread
-      and 32-deep steps.
+      and 32-deep steps;
+    - channel counts that are not multiples of 16 (R(2+1)D's 45 and 460): at most 32
+      accumulator elements per thread (64x128 and larger tiles spilled up to 2 KB a thread);
+    - and on Ampere in fp32 a flattened reduction pipelines at most 3 stages (64x32x32 on 4
+      warps spilled with 4), and unaligned channels take at most 64 rows (128x64x32 on 8 warps
+      spilled).
     """
     rows = args["BATCH"] * args["J_D"] * args["J_H"] * args["J_W"]
     x = args["x_ptr"]
@@ -69,13 +76,16 @@ def _prune(configs, args):
     if not args["TAP_MAJOR"]:
         fp8 = x.dtype == torch.float8_e4m3fn
         limits = dict(a_per_thread=32 if fp8 else 16, acc_per_thread=32)
+    elif unaligned(args["C_G"], args["COUT_G"]):
+        limits = dict(acc_per_thread=32)
     capability = compute_capability(x.device)
     if x.element_size() == 4 and capability is not None and capability < 90:
-        limits = dict(a_per_thread=limits.get("a_per_thread", 1 << 30), acc_per_thread=32,
-                      max_block_k=32)
-    if not limits:
-        return kept
-    return [c for c in kept if _light(c, **limits)] or kept
+        if not args["TAP_MAJOR"]:
+            kept = at_most_stages(kept, 3)
+        elif limits:
+            limits.update(max_block_m=64)
+        limits.update(acc_per_thread=32, max_block_k=32)
+    return within_registers(kept, **limits) if limits else kept
 
 
 @triton.jit

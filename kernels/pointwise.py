@@ -24,7 +24,14 @@ import torch
 import triton
 import triton.language as tl
 
-from .autotune import FP8_INTERPRETER_TILE, FP8_TILES, autotuned, prune_tiles, tile_configs
+from .autotune import (
+    FP8_INTERPRETER_TILE,
+    FP8_TILES,
+    autotuned,
+    prune_tiles,
+    tile_configs,
+    within_registers,
+)
 from .depthwise import axis_plan, depthwise_taps
 from .epilogue import NO_EPILOGUE, Epilogue, Fp8Scales
 from .igemm import input_precision
@@ -52,8 +59,10 @@ _KEY_ONLY = ["ROWS_BUCKET"]
 
 
 def _prune(configs, args):
-    return prune_tiles(configs, args["ROWS"], args["C_OUT"], args["C_IN"],
-                       args["x_ptr"])
+    """prune_tiles; with the depthwise stage, at most 32 accumulator elements per thread
+    (EfficientNet's 5x5 blocks spilled in 128x64 tiles on 4 warps and 256x64 on 8)."""
+    kept = prune_tiles(configs, args["ROWS"], args["C_OUT"], args["C_IN"], args["x_ptr"])
+    return within_registers(kept, acc_per_thread=32) if args["DEPTHWISE"] else kept
 
 
 @autotuned(key=_KEY, prune=_prune)

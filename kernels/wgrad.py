@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .autotune import autotuned, prune_tiles
+from .autotune import autotuned, prune_tiles, unaligned, within_registers
 from .igemm import input_precision, layout_bits, tap_plan
 from .launch import launch, multiprocessor_count, upcast_operands
 from .tensors import needs_int64
@@ -31,8 +31,14 @@ _KEY_ONLY = ["SPLIT_BUCKET", "LAYOUT"]
 
 
 def _prune(configs, args):
-    return prune_tiles(configs, args["COUT_G"], args["C_G"], args["K_PER_SPLIT"],
-                       args["x_ptr"])
+    """prune_tiles; with channel counts that are not multiples of 16, at most 32 accumulator
+    elements per thread, and 32-deep steps for fp32 (64x128 tiles spilled for R(2+1)D's 460
+    channels, 64x64x64 in fp32)."""
+    kept = prune_tiles(configs, args["COUT_G"], args["C_G"], args["K_PER_SPLIT"], args["x_ptr"])
+    if not unaligned(args["C_G"], args["COUT_G"]):
+        return kept
+    deepest = 32 if args["x_ptr"].element_size() == 4 else None
+    return within_registers(kept, acc_per_thread=32, max_block_k=deepest)
 
 
 @autotuned(key=_KEY, prune=_prune)

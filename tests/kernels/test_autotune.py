@@ -78,3 +78,39 @@ def test_prune_drops_tiles_too_narrow_for_a_large_problem():
     narrow = _blocks(prune_tiles(tile_configs(interpreted=False), m=100_000, n=8, k=72,
                                  operand=_operand(torch.float16)))
     assert narrow and all(n == 16 for _, n, _ in narrow)
+
+
+def _per_thread(config, rows: str, cols: str) -> float:
+    return config.kwargs[rows] * config.kwargs[cols] / (32 * config.num_warps)
+
+
+def test_within_registers_keeps_light_tiles_or_all_when_none_is():
+    configs = tile_configs(interpreted=False)
+    kept = autotune.within_registers(configs, acc_per_thread=32, max_block_m=64, max_block_k=32)
+    assert kept and len(kept) < len(configs)
+    assert all(_per_thread(c, "BLOCK_M", "BLOCK_N") <= 32 and c.kwargs["BLOCK_M"] <= 64
+               and c.kwargs["BLOCK_K"] <= 32 for c in kept)
+    assert autotune.within_registers(configs, a_per_thread=0) == configs  # a choice is kept
+
+
+def test_at_most_stages_cuts_pipelines_and_keeps_register_budgets():
+    configs = tile_configs(interpreted=False)
+    cut = autotune.at_most_stages(configs, 3)
+    assert all(c.num_stages <= 3 for c in cut) and _blocks(cut) == _blocks(configs)
+    keys = [(tuple(sorted(c.kwargs.items())), c.num_warps, c.num_stages) for c in cut]
+    assert len(keys) == len(set(keys))
+    assert all(c.maxnreg == min(255, 65536 // (32 * c.num_warps)) for c in cut)
+
+
+def test_unaligned_channels_limit_the_accumulator():
+    """R(2+1)D's 460 channels: no 16-element alignment, so 64x128 tiles and larger spilled."""
+    configs = tile_configs(interpreted=False)
+    aligned = igemm._prune(configs, _igemm_args(C_G=256, COUT_G=448))
+    odd = igemm._prune(configs, _igemm_args(C_G=256, COUT_G=460))
+    assert any(_per_thread(c, "BLOCK_M", "BLOCK_N") > 32 for c in aligned)
+    assert odd and all(_per_thread(c, "BLOCK_M", "BLOCK_N") <= 32 for c in odd)
+    wgrad_args = dict(COUT_G=256, C_G=460, K_PER_SPLIT=10_000,
+                      x_ptr=torch.empty(1, dtype=torch.float32, device="meta"))
+    kept = wgrad._prune(configs, wgrad_args)
+    assert kept and all(_per_thread(c, "BLOCK_M", "BLOCK_N") <= 32 and c.kwargs["BLOCK_K"] <= 32
+                        for c in kept)
