@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from foveal.bench.gpu_check import Tee, run_limited
-from foveal.bench.gpu_plan import layer_cases
+from foveal.bench.gpu_plan import GPU_TESTS, layer_cases
 from foveal.bench.gpu_record import finished
 from foveal.bench.report import load_json
 
@@ -106,12 +106,13 @@ def test_correctness_and_kernel_phases_record_what_they_found(tmp_path):
     assert [p["name"] for p in record["plan"]] == ["tests", "kernels"]
     assert {p["status"] for p in record["phases"].values()} == {"ok"}
     tests = record["tests"]
-    assert len(tests) == record["plan"][0]["cases"] == 17
+    assert len(tests) == record["plan"][0]["cases"] == len(GPU_TESTS)
     assert {t["outcome"] for t in tests} == {"skipped"}  # honest: these need a GPU
-    assert all("needs a CUDA GPU" in t["message"] for t in tests)
+    assert all("needs a CUDA GPU" in t["message"] or "needs a GPU with FP8" in t["message"]
+               for t in tests)
     assert record["kernels"]["rows"] == [] and "interpreter" in record["kernels"]["note"]
     log = (tmp_path / "gpu_check.log").read_text()
-    assert "tests      ok" in log and "(17 skipped)" in log and "total: " in log
+    assert "tests      ok" in log and f"({len(GPU_TESTS)} skipped)" in log and "total: " in log
 
 
 def test_the_full_suite_is_refused_without_a_gpu(tmp_path):
