@@ -20,7 +20,7 @@ from .elementwise import channel_sum
 from .epilogue import ActivationArg, parse_activation
 from .fused import FusedOp, dense, like_layout
 from .geometry import ConvGeometry, conv_geometry, expand
-from .tensors import empty_like_layout
+from .tensors import empty_like_layout, unit_channel_stride
 
 OP = "deform_conv2d"
 IntPair = int | tuple[int, int]
@@ -91,23 +91,12 @@ def _output(input, offset, weight, bias, mask, residual, *options) -> torch.Tens
     return empty_like_layout(geometry.output_shape, input)
 
 
-def _channels_last(t: torch.Tensor) -> torch.Tensor:
-    """`t` with unit channel stride (a copy when it has another layout).
-
-    The kernels sample a pixel's channels together: one vector load per row when they are
-    contiguous. With NCHW every element needs its own address in registers, and every
-    32-channel tile spilled (foveal compilecheck, dcnv2.res4.nchw), so NCHW operands are
-    read from a channels-last copy; outputs and gradients keep the caller's layout.
-    """
-    if t.stride(1) == 1 or t.shape[1] == 1:
-        return t
-    return t.contiguous(memory_format=torch.channels_last)
-
-
 def _launch(out, preact, input, offset, weight, bias, mask, residual, *rest) -> None:
     *options, epilogue, _ = rest
     geometry, offset_groups = _geometry(input, offset, weight, mask, *options)
-    launch_forward(_channels_last(input), offset, mask, weight, out, geometry, offset_groups,
+    # Sampling reads a pixel's channels as one vector: NCHW operands spilled every 32-channel
+    # tile (foveal compilecheck, dcnv2.res4.nchw), so they are read from a channels-last copy.
+    launch_forward(unit_channel_stride(input), offset, mask, weight, out, geometry, offset_groups,
                    bias=bias, residual=residual, preact=preact, epilogue=epilogue)
 
 
@@ -116,7 +105,7 @@ def _grads(dz, needs, x, offset, weight, bias, mask, residual, *options):
     geometry, offset_groups = _geometry(x, offset, weight, mask, *options)
     need_x, need_offset, need_w, need_b, need_mask, _ = needs
     given = x  # dL/dx takes its layout, whatever layout the kernels read
-    x, dz = _channels_last(x), _channels_last(dz)
+    x, dz = unit_channel_stride(x), unit_channel_stride(dz)
     # The input gradient's atomic scatter is fast but its rounding order varies between
     # runs; deterministic mode gathers each element in a fixed order instead.
     gather_input = need_x and torch.are_deterministic_algorithms_enabled()

@@ -46,7 +46,7 @@ from .igemm import launch_igemm
 from .launch import planning_target
 from .pointwise import DepthwiseStage, launch_pointwise
 from .quantize import FP8, ScaleArg, as_scale, check_scale_tensor, round_fp8
-from .tensors import as_5d, empty_like_layout, pad_front
+from .tensors import as_5d, empty_like_layout, pad_front, unit_channel_stride
 from .weights import gemm_weight
 
 OUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -129,15 +129,6 @@ def _refuse_gradients(op: str, **tensors: torch.Tensor | None) -> None:
                                f", or pass {name}.detach()")
 
 
-def _channels_last(x: torch.Tensor) -> torch.Tensor:
-    """x with unit channel stride: FP8 tensor cores read the reduction (channel) axis
-    contiguous; other layouts spill registers. A copy when x is laid out otherwise."""
-    if x.stride(1) == 1 or x.shape[1] == 1:
-        return x
-    return x.contiguous(memory_format=torch.channels_last if x.dim() == 4
-                        else torch.channels_last_3d)
-
-
 def _torch_fp8(conv: Callable[..., torch.Tensor], x: torch.Tensor, input_scale: torch.Tensor,
                weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None,
                residual: torch.Tensor | None, epilogue: Epilogue, conv_args: tuple,
@@ -181,7 +172,7 @@ def _conv_fp8_real(input, input_scale, weight, weight_scale, bias, residual, str
         return _zero_product(out, bias, residual, epilogue)
     args = dict(bias=bias, residual=None if residual is None else as_5d(residual),
                 epilogue=epilogue, scales=Fp8Scales(input_scale, weight_scale))
-    x5 = as_5d(_channels_last(input))
+    x5 = as_5d(unit_channel_stride(input))  # FP8 wgmma reads channels contiguous
     if is_pointwise(geometry):
         launch_pointwise(x5, as_5d(weight), as_5d(out), stride=pad_front(geometry.stride, 1),
                          **args)

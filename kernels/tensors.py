@@ -31,6 +31,18 @@ def empty_like_layout(shape: tuple[int, ...], like: torch.Tensor,
     return torch.empty(shape, device=like.device, dtype=dtype or like.dtype, memory_format=fmt)
 
 
+def unit_channel_stride(t: torch.Tensor) -> torch.Tensor:
+    """`t` (4-D or 5-D) with unit channel stride: itself, or a channels-last copy.
+
+    For kernels that read a pixel's channels as one vector: with another layout every element
+    needs its own address in registers (FP8 tiles and the deformable kernels spilled).
+    """
+    if t.stride(1) == 1 or t.shape[1] == 1:
+        return t
+    return t.contiguous(memory_format=torch.channels_last if t.dim() == 4
+                        else torch.channels_last_3d)
+
+
 def as_5d(t: torch.Tensor) -> torch.Tensor:
     """View an (N, C, *spatial) tensor with 1-3 spatial axes as (N, C, D, H, W) without copying."""
     while t.dim() < 5:
