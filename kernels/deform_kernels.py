@@ -40,7 +40,7 @@ from .autotune import ANY_WIDTH, autotuned, prune_tiles, tile_configs, within_re
 from .epilogue import NO_EPILOGUE, Epilogue
 from .geometry import ConvGeometry
 from .igemm import input_precision
-from .launch import compute_capability, launch, upcast_operands
+from .launch import launch, upcast_operands
 from .tensors import empty_like_layout, needs_int64
 from .tl_helpers import (
     accumulator,
@@ -180,15 +180,15 @@ _FORWARD_KEY = ["BATCH", "C_G", "COUT_G", "C_OG", "IN_H", "IN_W", "OUT_H", "OUT_
 
 
 def _prune_forward(configs, args):
-    """prune_tiles; in fp32 on Ampere at most 32 accumulator elements per thread (64x128x32 on
-    4 warps sits at 255 registers and spilled a few bytes with NCHW offsets, 64x256x32 on 8
-    with NCHW input)."""
+    """prune_tiles; in fp32 at most 32 accumulator elements per thread (64x128x32 on 4 warps
+    sits at 255 registers and spilled up to 128 bytes with NCHW offsets, on sm_80 with Triton
+    3.8 and on sm_90 with 3.6; 64x256x32 on 8 warps likewise)."""
     rows = args["BATCH"] * args["OUT_H"] * args["OUT_W"]
     segment = min(args["C_G"], args["C_OG"])
     x = args["x_ptr"]
     kept = prune_tiles(configs, rows, args["COUT_G"], segment, x, narrowest=ANY_WIDTH)
-    capability = compute_capability(x.device)
-    if x.element_size() == 4 and capability is not None and capability < 90:
+    if x.element_size() == 4:  # fp32 operands: the sampled tile and its corners take twice
+        # the registers of fp16's
         return within_registers(kept, acc_per_thread=32)
     return kept
 

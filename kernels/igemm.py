@@ -62,11 +62,11 @@ def _prune(configs, args):
       128x32x64 FP8 tiles on 4 warps spilled) and 32 accumulator elements per thread;
     - fp32 (TF32) operands on Ampere's mma.sync: at most 32 accumulator elements per thread
       and 32-deep steps;
-    - channel counts that are not multiples of 16 (R(2+1)D's 45 and 460): at most 32
-      accumulator elements per thread (64x128 and larger tiles spilled up to 2 KB a thread);
-    - and on Ampere in fp32 a flattened reduction pipelines at most 3 stages (64x32x32 on 4
-      warps spilled with 4), and unaligned channels take at most 64 rows (128x64x32 on 8 warps
-      spilled).
+    - channel counts that are not multiples of 16 (R(2+1)D's 45 and 460): at most 16 A and 32
+      accumulator elements per thread (64x128 and larger spilled up to 2 KB, 64x64x64 4 B);
+    - on Ampere in fp32 a flattened reduction: 3 stages, 16 accumulator elements a thread
+      (64x32x32 on 4 warps spilled with 4 stages, 128x64 on 8 with Triton 3.6); unaligned
+      channels: at most 64 rows (128x64x32 on 8 warps spilled).
     """
     rows = args["BATCH"] * args["J_D"] * args["J_H"] * args["J_W"]
     x = args["x_ptr"]
@@ -77,14 +77,14 @@ def _prune(configs, args):
         fp8 = x.dtype == torch.float8_e4m3fn
         limits = dict(a_per_thread=32 if fp8 else 16, acc_per_thread=32)
     elif unaligned(args["C_G"], args["COUT_G"]):
-        limits = dict(acc_per_thread=32)
+        limits = dict(a_per_thread=16, acc_per_thread=32)
     capability = compute_capability(x.device)
     if x.element_size() == 4 and capability is not None and capability < 90:
         if not args["TAP_MAJOR"]:
             kept = at_most_stages(kept, 3)
         elif limits:
             limits.update(max_block_m=64)
-        limits.update(acc_per_thread=32, max_block_k=32)
+        limits.update(acc_per_thread=32 if args["TAP_MAJOR"] else 16, max_block_k=32)
     return within_registers(kept, **limits) if limits else kept
 
 
