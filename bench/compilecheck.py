@@ -207,8 +207,19 @@ def _cache_key(job: oc.CompileJob, triton_version: str) -> str:
     import importlib
 
     fn = oc.jit_function(getattr(importlib.import_module(job.module), job.name))
-    text = "\n".join((triton_version, job.arch, fn.cache_key, job.specialization))
+    text = "\n".join((triton_version, job.arch, fn.cache_key, _portable(job.specialization)))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _portable(specialization: str) -> str:
+    """The specialization without this machine's paths: Triton records where its libdevice
+    lies (inside the virtual environment), which the compiled code does not depend on, so a
+    clone elsewhere finds the kept results."""
+    data = json.loads(specialization)
+    options = data.get("options") or {}
+    if options.get("extern_libs"):
+        options["extern_libs"] = [[name, Path(path).name] for name, path in options["extern_libs"]]
+    return json.dumps(data, sort_keys=True)
 
 
 Planned = list[tuple[str, dict[str, Any], list[tuple[dict[str, Any], oc.CompileJob]]]]

@@ -98,3 +98,18 @@ def test_fp8_workloads_compile_for_hopper_and_are_skipped_on_ampere(tmp_path):
     assert ampere["skipped"] == [{"workload": "smoke.conv2d_fp8", "dtype": "float8_e4m3fn",
                                   "mode": "inference", "reason": "float8_e4m3fn needs FP8 "
                                   "tensor cores (sm_89 or newer); sm_80 has none: not compiled"}]
+
+
+def test_cache_keys_do_not_depend_on_where_the_environment_lies():
+    """Triton records its libdevice's absolute path in a specialization; a clone elsewhere
+    must still find the kept results."""
+    from foveal.bench.compilecheck import _portable
+
+    def specialization(root: str) -> str:
+        libdevice = f"{root}/triton/backends/nvidia/lib/libdevice.10.bc"
+        return json.dumps({"name": "k", "options": {"num_warps": 4,
+                                                     "extern_libs": [["libdevice", libdevice]]}})
+
+    here, there = specialization("/work/.venv"), specialization("/tmp/clone/.venv")
+    assert here != there and _portable(here) == _portable(there)
+    assert "libdevice.10.bc" in _portable(here)
