@@ -12,9 +12,9 @@ a scale given (calibrated, static) or computed from the tensor's own amax (dynam
 
 `quantize_fp8`'s pass is the operator `torch.ops.foveal.quantize_fp8` (library.py); its scale is
 computed with PyTorch ops, which compilers see. Scales are float32 tensors on the operands'
-device. Their values (finite, > 0) are checked once
-per tensor and version: a check reads them on the host, which on a GPU would stall every call.
-Scales made here are known good and never read back.
+device. Their values (finite, > 0) are checked once per tensor and version, on eager calls: a
+check reads them on the host, which on a GPU would stall every call. Scales made here are known
+good and never read back.
 """
 
 from __future__ import annotations
