@@ -68,10 +68,21 @@ def block_geometry(x, dw_weight, stride, padding, dilation, pad_same) -> ConvGeo
                          "same" if pad_same else padding, dilation, x.shape[1], 2)
 
 
+def block_output_shape(geometry: ConvGeometry, pw_weight: torch.Tensor) -> tuple[int, ...]:
+    """The block's (batched) output shape: the 1x1's channels at the depthwise output size."""
+    return (geometry.batch, pw_weight.shape[0], *geometry.output_size)
+
+
+def block_output(x, dw_weight, pw_weight, stride, padding, dilation, pad_same,
+                 dtype: torch.dtype | None = None) -> torch.Tensor:
+    """An empty block output in x's memory format (and dtype, unless given)."""
+    geometry = block_geometry(x, dw_weight, stride, padding, dilation, pad_same)
+    return empty_like_layout(block_output_shape(geometry, pw_weight), x, dtype)
+
+
 def _output(x, dw_weight, pw_weight, dw_bias, pw_bias, residual, stride, padding, dilation,
             pad_same, *_mid) -> torch.Tensor:
-    geometry = block_geometry(x, dw_weight, stride, padding, dilation, pad_same)
-    return empty_like_layout((geometry.batch, pw_weight.shape[0], *geometry.output_size), x)
+    return block_output(x, dw_weight, pw_weight, stride, padding, dilation, pad_same)
 
 
 def _launch(out, preact, x, dw_weight, pw_weight, dw_bias, pw_bias, residual, stride, padding,
@@ -155,7 +166,7 @@ def depthwise_separable_conv2d(
     x4 = x.unsqueeze(0) if unbatched else x
     channels = x4.shape[1]
     geometry = block_geometry(x4, dw_weight, stride, padding, dilation, False)
-    out_shape = (geometry.batch, pw_weight.shape[0], *geometry.output_size)
+    out_shape = block_output_shape(geometry, pw_weight)
     check_bias(OP, dw_bias, channels, name="dw_bias")
     check_bias(OP, pw_bias, pw_weight.shape[0], name="pw_bias")
     check_residual(OP, residual, out_shape[1:] if unbatched else out_shape)

@@ -31,7 +31,7 @@ from . import library
 from .backend import INTERPRETED, BackendUnavailable, backend_for
 from .checks import check_bias, check_residual, check_same_device_dtype
 from .conv import convolution_kind, is_depthwise, is_pointwise, window
-from .depthwise_separable import block_geometry
+from .depthwise_separable import block_geometry, block_output, block_output_shape
 from .epilogue import (
     ActivationArg,
     Epilogue,
@@ -266,17 +266,14 @@ def _block_output(x, dw_weight, pw_weight, pw_weight_scale, mid_scale, dw_bias, 
                   residual, stride, padding, dilation, pad_same, mid_activation,
                   mid_negative_slope, activation, negative_slope, out_dtype) -> torch.Tensor:
     """The fake implementation: an empty output in x's memory format."""
-    geometry = block_geometry(x, dw_weight, stride, padding, dilation, pad_same)
-    return empty_like_layout((geometry.batch, pw_weight.shape[0], *geometry.output_size), x,
-                             out_dtype)
+    return block_output(x, dw_weight, pw_weight, stride, padding, dilation, pad_same, out_dtype)
 
 
 def _block_real(x, dw_weight, pw_weight, pw_weight_scale, mid_scale, dw_bias, pw_bias, residual,
                 stride, padding, dilation, pad_same, mid_activation, mid_negative_slope,
                 activation, negative_slope, out_dtype) -> torch.Tensor:
     geometry = block_geometry(x, dw_weight, stride, padding, dilation, pad_same)
-    out = empty_like_layout((geometry.batch, pw_weight.shape[0], *geometry.output_size), x,
-                            out_dtype)
+    out = block_output(x, dw_weight, pw_weight, stride, padding, dilation, pad_same, out_dtype)
     mid = epilogue_from(mid_activation, mid_negative_slope)
     epilogue = epilogue_from(activation, negative_slope)
     if _backend(DS_OP, x.device) == "torch":
@@ -344,7 +341,7 @@ def depthwise_separable_conv2d_fp8(
     x4 = x.unsqueeze(0) if unbatched else x
     channels, c_out = x4.shape[1], pw_weight.shape[0]
     geometry = block_geometry(x4, dw_weight, stride, padding, dilation, False)
-    out_shape = (geometry.batch, c_out, *geometry.output_size)
+    out_shape = block_output_shape(geometry, pw_weight)
     check_bias(DS_OP, dw_bias, channels, name="dw_bias")
     check_bias(DS_OP, pw_bias, c_out, name="pw_bias")
     check_residual(DS_OP, residual, out_shape[1:] if unbatched else out_shape)
